@@ -1,0 +1,155 @@
+"""Loss modules shared by both engines: training optimises a network, the optimisation engine an image,
+and both call the same ``PerceptualLoss``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
+from fststyle.vgg import VGGFeatures
+
+Features = dict[str, torch.Tensor]
+
+
+def blend_weights(count: int, blend: Sequence[float] | None) -> list[float]:
+    """Normalised, validated blend weights for ``count`` style images (equal weights when ``blend`` is None)."""
+    if blend is None:
+        return [1.0 / count] * count
+    if len(blend) != count:
+        raise ValueError(f"got {count} style images but {len(blend)} blend weights; give one weight per style")
+    if any(w < 0 for w in blend) or sum(blend) <= 0:
+        raise ValueError(f"blend weights must be >= 0 with a positive sum, got {list(blend)}")
+    return [float(w) / sum(blend) for w in blend]
+
+
+class StyleLoss(nn.Module):
+    """Base of style terms: targets from style-image features, then ``{layer: weighted loss}`` per call."""
+
+    def __init__(self, layer_weights: Mapping[str, float]) -> None:
+        super().__init__()
+        if not layer_weights:
+            raise ValueError("a style loss needs at least one layer")
+        self.layer_weights = dict(layer_weights)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.layer_weights)
+
+    def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], **options: Any) -> None:
+        raise NotImplementedError
+
+    def forward(self, features: Features) -> Features:
+        raise NotImplementedError
+
+
+class GramStyleLoss(StyleLoss):
+    """Gram-matrix style loss (Gatys et al. 2015): per layer, MSE between the output's Gram N,C,C and the
+    blended style Gram 1,C,C. Several styles blend by a weighted mean of their Gram matrices."""
+
+    def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], **options: Any) -> None:
+        if options:
+            raise TypeError(f"GramStyleLoss takes no target options, got {sorted(options)}")
+        for layer in self.layers:
+            grams = [w * gram_matrix(f[layer]).mean(dim=0, keepdim=True) for f, w in zip(style_features, blend, strict=True)]
+            self.register_buffer(f"target_{layer}", torch.stack(grams).sum(dim=0), persistent=False)
+
+    def forward(self, features: Features) -> Features:
+        return {
+            layer: weight * feature_mse(gram_matrix(features[layer]), getattr(self, f"target_{layer}"))
+            for layer, weight in self.layer_weights.items()
+        }
+
+
+STYLE_LOSSES: dict[str, type[StyleLoss]] = {"gram": GramStyleLoss}
+
+
+class PerceptualLoss(nn.Module):
+    """Content + style + TV loss on a frozen VGG: output N,3,H,W in [0,1] -> dict of named, weighted terms.
+
+    Keys: ``content.<layer>``, ``style.<layer>``, ``content``, ``style``, ``tv`` and ``total``; every value
+    already includes its weights, so ``total`` is the sum of ``content``, ``style`` and ``tv``.
+    """
+
+    def __init__(self, vgg: VGGFeatures, content_layers: Mapping[str, float], style: StyleLoss | None, *,
+                 content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0) -> None:
+        super().__init__()
+        self.vgg = vgg
+        self.content_layers = dict(content_layers)
+        self.style = style
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self._content_features: Features | None = None
+        self._style_ready = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PerceptualLoss:
+        """Build from a plain mapping (the ``loss`` config group, also stored in exported models' metadata)."""
+        network = dict(config.get("network", {}))
+        style_layers = dict(config.get("style_layers") or {})
+        content_layers = dict(config.get("content_layers") or {})
+        kind = config.get("style_loss", "gram")
+        if kind not in STYLE_LOSSES:
+            raise ValueError(f"unknown style_loss {kind!r}; choose one of {sorted(STYLE_LOSSES)}")
+        style = STYLE_LOSSES[kind](style_layers, **dict(config.get(kind) or {})) if style_layers else None
+        vgg = VGGFeatures(
+            arch=network.get("arch", "vgg16"),
+            weights=network.get("weights", "torchvision"),
+            pooling=network.get("pooling", "max"),
+            layers=[*content_layers, *style_layers],
+        )
+        return cls(vgg, content_layers, style, content_weight=float(config.get("content_weight", 1.0)),
+                   style_weight=float(config.get("style_weight", 1.0)),
+                   tv_weight=float(config.get("tv_weight", 0.0)))
+
+    @torch.no_grad()
+    def set_style(self, images: torch.Tensor | Sequence[torch.Tensor], blend: Sequence[float] | None = None,
+                  **options: Any) -> None:
+        """Compute style targets once from one image 1,3,H,W or several (any sizes), blended by ``blend``."""
+        if self.style is None:
+            raise ValueError("this loss has no style layers")
+        images = [images] if isinstance(images, torch.Tensor) else list(images)
+        weights = blend_weights(len(images), blend)
+        device = self.vgg.mean.device
+        features = [self.vgg(image.to(device), self.style.layers) for image in images]
+        self.style.set_targets(features, weights, **options)
+        self._style_ready = True
+
+    @torch.no_grad()
+    def set_content(self, content: torch.Tensor) -> None:
+        """Cache the content target of a fixed image N,3,H,W (the optimisation engine's case)."""
+        self._content_features = self.vgg(content, self.content_layers) if self.content_layers else {}
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Score ``output`` N,3,H,W against ``content`` N,3,H,W (or the cached content) and the style targets."""
+        wanted = list(self.content_layers) + (self.style.layers if self.style is not None else [])
+        features = self.vgg(output, wanted)
+        terms: dict[str, torch.Tensor] = {}
+        zero = output.new_zeros((), dtype=torch.float32)
+        content_total = style_total = zero
+        if self.content_layers:
+            targets = self._content_targets(content)
+            for layer, weight in self.content_layers.items():
+                term = self.content_weight * weight * feature_mse(features[layer], targets[layer])
+                terms[f"content.{layer}"] = term
+                content_total = content_total + term
+        if self.style is not None:
+            if not self._style_ready:
+                raise RuntimeError("call set_style(style_images) before computing the loss")
+            for layer, value in self.style(features).items():
+                term = self.style_weight * value
+                terms[f"style.{layer}"] = term
+                style_total = style_total + term
+        tv = self.tv_weight * total_variation(output) if self.tv_weight else zero
+        terms.update(content=content_total, style=style_total, tv=tv, total=content_total + style_total + tv)
+        return terms
+
+    def _content_targets(self, content: torch.Tensor | None) -> Features:
+        if content is not None:
+            with torch.no_grad():
+                return self.vgg(content, self.content_layers)
+        if self._content_features is None:
+            raise RuntimeError("pass content images to the loss, or call set_content() first")
+        return self._content_features

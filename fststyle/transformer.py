@@ -1,0 +1,144 @@
+"""The image transformation network of Johnson, Alahi & Fei-Fei (2016), "Perceptual Losses for
+Real-Time Style Transfer and Super-Resolution", supplementary Table 1, with the fixes the field
+adopted since: instance norm (Ulyanov et al. 2016) instead of batch norm, reflection padding, and
+nearest-neighbour upsampling followed by a convolution instead of transposed convolutions
+(Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("instance", "batch")
+UPSAMPLINGS = ("nearest", "transposed")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture arguments; stored in exported style models so they can be rebuilt exactly."""
+
+    base_channels: int = 32  # Johnson: 32 -> 64 -> 128; a width multiplier scales all three
+    width: float = 1.0
+    residual_blocks: int = 5
+    norm: str = "instance"
+    upsample: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.upsample not in UPSAMPLINGS:
+            raise ValueError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
+        if self.width <= 0 or self.residual_blocks < 0:
+            raise ValueError("width must be > 0 and residual_blocks >= 0")
+
+    def channels(self) -> tuple[int, int, int]:
+        """Channel widths of the three resolution levels (full, 1/2, 1/4)."""
+        c = max(4, round(self.base_channels * self.width))
+        return c, 2 * c, 4 * c
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.BatchNorm2d(channels)
+
+
+class ConvNormAct(nn.Sequential):
+    """Reflection pad + conv (+ norm + ReLU): N,Cin,H,W -> N,Cout,H/stride,W/stride."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, norm: str | None = "instance",
+                 relu: bool = True) -> None:
+        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        if norm is not None:
+            layers.append(_norm(norm, cout))
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-norm layers with an identity shortcut (He et al. 2016; Gross & Wilber 2016): N,C,H,W -> same."""
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvNormAct(channels, channels, 3, norm=norm),
+            ConvNormAct(channels, channels, 3, norm=norm, relu=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class UpsampleConv(nn.Module):
+    """x2 upsampling then conv-norm-ReLU: N,Cin,H,W -> N,Cout,2H,2W."""
+
+    def __init__(self, cin: int, cout: int, norm: str, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "nearest":
+            self.conv = ConvNormAct(cin, cout, 3, norm=norm)
+        else:  # the paper's fractionally strided convolution
+            self.conv = nn.Sequential(
+                nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
+                _norm(norm, cout),
+                nn.ReLU(inplace=True),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "nearest":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x)
+
+
+class TransformerNet(nn.Module):
+    """Johnson et al. feed-forward stylisation network: N,3,H,W in [0,1] -> N,3,H,W in [0,1], any H,W."""
+
+    #: total down-sampling factor; inputs are padded to a multiple of this and cropped back
+    STRIDE = 4
+    #: smallest padded side for which every reflection pad in the network is valid (2 px at 1/4 scale)
+    MIN_SIZE = 8
+
+    def __init__(self, config: TransformerConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        self.config = config if config is not None else TransformerConfig(**kwargs)
+        c1, c2, c3 = self.config.channels()
+        norm = self.config.norm
+        self.encoder = nn.Sequential(
+            ConvNormAct(3, c1, 9, norm=norm),
+            ConvNormAct(c1, c2, 3, stride=2, norm=norm),
+            ConvNormAct(c2, c3, 3, stride=2, norm=norm),
+        )
+        self.residuals = nn.Sequential(*(ResidualBlock(c3, norm) for _ in range(self.config.residual_blocks)))
+        self.decoder = nn.Sequential(
+            UpsampleConv(c3, c2, norm, self.config.upsample),
+            UpsampleConv(c2, c1, norm, self.config.upsample),
+            ConvNormAct(c1, 3, 9, norm=None, relu=False),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        x = self._pad(images)
+        x = self.decoder(self.residuals(self.encoder(x)))
+        # Johnson et al. bound the output with a scaled tanh (150*tanh on 0-255 images);
+        # on [0,1] images the same bound is (tanh + 1) / 2.
+        x = (torch.tanh(x) + 1) / 2
+        return x[..., :height, :width]
+
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Pad bottom/right to a multiple of STRIDE and at least MIN_SIZE: N,3,H,W -> N,3,H',W'."""
+        height, width = images.shape[-2:]
+        pad_h = max(self.MIN_SIZE, -(-height // self.STRIDE) * self.STRIDE) - height
+        pad_w = max(self.MIN_SIZE, -(-width // self.STRIDE) * self.STRIDE) - width
+        if not (pad_h or pad_w):
+            return images
+        # Reflection needs the pad to be smaller than the side; replicate covers tiny images.
+        mode = "reflect" if height > pad_h and width > pad_w else "replicate"
+        return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
