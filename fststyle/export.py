@@ -24,11 +24,18 @@ class ModelFileError(ValueError):
     """A file that is not a usable fststyle style model; the message names the file and the fix."""
 
 
-def save_style_model(transformer: TransformerNet, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write ``transformer`` and ``metadata`` (style name, loss config, steps, ...) atomically to ``path``."""
+STYLE_IMAGE_KEY = "style_image"
+
+
+def save_style_model(transformer: TransformerNet, path: str | Path, metadata: dict[str, Any],
+                     style_image: torch.Tensor | None = None) -> Path:
+    """Write ``transformer``, ``metadata`` (style name, loss config, steps, ...) and the style image
+    1,3,H,W in [0,1] the model was trained on (stored as uint8, so the loss can be rebuilt) to ``path``."""
     path = Path(path)
     info = {"format": FORMAT, "transformer": transformer.config.to_dict(), **metadata}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in transformer.state_dict().items()}
+    if style_image is not None:
+        tensors[STYLE_IMAGE_KEY] = (style_image.detach().cpu().reshape(-1, *style_image.shape[-2:]) * 255).round().to(torch.uint8)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(info)})
     return path
@@ -65,6 +72,7 @@ def load_style_model(path: str | Path, device: str | torch.device = "cpu") -> tu
         info = read_metadata(path)
         try:
             state = load_file(str(path))
+            state.pop(STYLE_IMAGE_KEY, None)
         except (SafetensorError, OSError) as error:
             raise ModelFileError(f"{path}: truncated or corrupt weights ({error})") from error
     try:
@@ -74,6 +82,16 @@ def load_style_model(path: str | Path, device: str | torch.device = "cpu") -> tu
     except (TypeError, KeyError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{path}: weights do not match the fststyle transformer ({error})") from error
     return model.to(device).eval(), info
+
+
+def read_style_image(path: str | Path) -> torch.Tensor | None:
+    """The style image 1,3,H,W in [0,1] stored in a ``.safetensors`` style model, or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        if STYLE_IMAGE_KEY not in handle.keys():
+            return None
+        return handle.get_tensor(STYLE_IMAGE_KEY).float().div(255).unsqueeze(0)
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

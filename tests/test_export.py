@@ -3,15 +3,23 @@ import json
 import pytest
 import torch
 
-from fststyle.export import ModelFileError, load_style_model, read_metadata, save_style_model
+from fststyle.export import (
+    ModelFileError,
+    load_style_model,
+    read_metadata,
+    read_style_image,
+    save_style_model,
+)
 from fststyle.transformer import TransformerNet
 
 
 def test_round_trip_is_bit_identical(tmp_path):
     torch.manual_seed(0)
     net = TransformerNet(width=0.25, residual_blocks=2, norm="batch").eval()
-    path = save_style_model(net, tmp_path / "m.safetensors", {"style": {"name": "x"}, "steps": 7})
+    style = torch.rand(1, 3, 12, 10)
+    path = save_style_model(net, tmp_path / "m.safetensors", {"style": {"name": "x"}, "steps": 7}, style_image=style)
     loaded, info = load_style_model(path)
+    assert torch.allclose(read_style_image(path), style, atol=1 / 255)
     x = torch.rand(2, 3, 30, 22)
     with torch.no_grad():
         assert torch.equal(net(x), loaded(x))
