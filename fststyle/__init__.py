@@ -1,0 +1,1 @@
+"""fststyle: fast neural style transfer training (Johnson et al. 2016) with a Gatys/MRF reference engine."""
