@@ -57,11 +57,14 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
     data = Path(path).read_bytes()
     _check_size(data, str(path), max_pixels)
     try:
-        decoded = decode_image(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8),
-            mode=ImageReadMode.RGB,
-            apply_exif_orientation=True,
-        )
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency yet).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=True,
+            )
         if decoded.dtype == torch.uint8:
             return decoded
     except RuntimeError:
