@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import os
 import warnings
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
+from fststyle.files import atomic_write
 from fststyle.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -76,13 +78,16 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
 class _RandomCropImages(Dataset):
     """Images resized (shorter side = image_size) and randomly cropped to Tensor[3,S,S] float in [0,1]."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int) -> None:
+    def __init__(
+        self, paths: Sequence[str | os.PathLike], image_size: int, cache_dir: str | os.PathLike | None = None
+    ) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         # One numpy string array instead of a list of Python objects: DataLoader workers read it
         # without touching refcounts, so the forked copies stay shared (no per-worker memory growth).
         self._paths = np.array([str(p) for p in paths])
         self.image_size = image_size
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._warned: set[str] = set()
 
     @property
@@ -93,11 +98,34 @@ class _RandomCropImages(Dataset):
     def __len__(self) -> int:
         return len(self._paths)
 
+    def _cache_file(self, path: str) -> Path:
+        """Where the resized copy of `path` lives; the key changes when the file's size or mtime does."""
+        stat = os.stat(path)
+        key = hashlib.sha1(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+        return self.cache_dir / f"short{self.image_size}" / key[:2] / f"{key}.npy"
+
+    def _resized_uint8(self, path: str) -> torch.Tensor:
+        """Decoded image with shorter side = image_size, uint8 Tensor[3,h,w]; via the cache when enabled.
+
+        The cache holds uncompressed uint8 arrays (about 260 kB per 4:3 image at 256), written once,
+        atomically; an unreadable cache entry is simply rebuilt.
+        """
+        if self.cache_dir is not None:
+            cached = self._cache_file(path)
+            with contextlib.suppress(OSError, ValueError):
+                return torch.from_numpy(np.load(cached, allow_pickle=False))
+        # shorter side -> image_size (bilinear, antialiased)
+        image = TF.resize(read_rgb_uint8(path), [self.image_size], antialias=True)
+        if self.cache_dir is not None:
+            with atomic_write(cached) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, image.numpy())
+        return image
+
     def __getitem__(self, index: int) -> torch.Tensor | None:
         """Tensor[3,S,S] float32 in [0,1], or None (with a warning, once per file) if it cannot be read."""
         path = str(self._paths[index])
         try:
-            image = read_rgb_uint8(path)
+            image = self._resized_uint8(path)
         except (ImageReadError, OSError) as err:
             if path not in self._warned:
                 self._warned.add(path)
@@ -105,7 +133,6 @@ class _RandomCropImages(Dataset):
                               stacklevel=2)
             return None
         size = self.image_size
-        image = TF.resize(image, [size], antialias=True)  # shorter side -> size (bilinear, antialiased)
         height, width = image.shape[-2:]
         top = int(torch.randint(0, height - size + 1, ()))
         left = int(torch.randint(0, width - size + 1, ()))
@@ -123,6 +150,7 @@ class CocoImages(_RandomCropImages):
         image_size: int = 256,
         ann_file: str | os.PathLike | None = None,
         max_images: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         from pycocotools.coco import COCO
 
@@ -142,18 +170,24 @@ class CocoImages(_RandomCropImages):
         files = [image_dir / info["file_name"] for info in coco.loadImgs(ids)]
         if not files:
             raise ValueError(f"{ann_path} lists no images")
-        super().__init__(files, image_size)
+        super().__init__(files, image_size, cache_dir)
         self.image_ids = ids
 
 
 class ImageFolderImages(_RandomCropImages):
     """Every image under a folder (recursive, sorted) as random crops Tensor[3,S,S]."""
 
-    def __init__(self, root: str | os.PathLike, image_size: int = 256, max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 256,
+        max_images: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
         files = list_images(root)[:max_images]
         if not files:
             raise ValueError(f"no images found under {root} (looked for {sorted(IMAGE_SUFFIXES)})")
-        super().__init__(files, image_size)
+        super().__init__(files, image_size, cache_dir)
 
 
 def collate_skipping_bad(
@@ -197,7 +231,11 @@ class PreviewImages(Dataset):
 
 
 class StyleDataModule(pl.LightningDataModule):
-    """Content images for training (batches of (Tensor[N,3,S,S], skipped)) and preview photos for validation."""
+    """Content images for training (batches of (Tensor[N,3,S,S], skipped)) and preview photos for validation.
+
+    `cache_dir` enables the decode-once cache: each image is decoded and resized once, then read back as
+    raw uint8 (about 10x faster than decoding; about 31 GB for COCO train2017 at image_size=256).
+    """
 
     def __init__(
         self,
@@ -212,6 +250,7 @@ class StyleDataModule(pl.LightningDataModule):
         preview: Sequence[str | os.PathLike] = (),
         preview_size: int = 256,
         max_images: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if kind not in ("coco", "folder"):
@@ -225,9 +264,13 @@ class StyleDataModule(pl.LightningDataModule):
         hp = self.hparams
         if self.train_set is None:
             if hp.kind == "coco":
-                self.train_set = CocoImages(hp.root, hp.split, hp.image_size, max_images=hp.max_images)
+                self.train_set = CocoImages(
+                    hp.root, hp.split, hp.image_size, max_images=hp.max_images, cache_dir=hp.cache_dir
+                )
             else:
-                self.train_set = ImageFolderImages(hp.root, hp.image_size, max_images=hp.max_images)
+                self.train_set = ImageFolderImages(
+                    hp.root, hp.image_size, max_images=hp.max_images, cache_dir=hp.cache_dir
+                )
         if self.preview_set is None:
             self.preview_set = PreviewImages(list(hp.preview), hp.preview_size)
 

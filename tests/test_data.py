@@ -1,6 +1,7 @@
 """Datasets and DataModule on real COCO-layout folders and real image files."""
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -156,3 +157,22 @@ def test_datamodule_folder_kind_without_previews(tmp_path, tiny_jpegs):
     assert module.val_dataloader() == []
     with pytest.raises(ValueError, match="kind"):
         StyleDataModule(tmp_path, kind="lmdb")
+
+
+def test_decode_once_cache(tmp_path, tiny_jpegs):
+    cache = tmp_path / "cache"
+    dataset = ImageFolderImages(tmp_path / "jpegs", image_size=40, cache_dir=cache)
+    first = [dataset[i] for i in range(3)]
+    entries = sorted(cache.rglob("*.npy"))
+    assert len(entries) == 3
+    assert sorted(tuple(np.load(e).shape) for e in entries) == [(3, 40, 40), (3, 40, 53), (3, 72, 40)]
+    source = tiny_jpegs[2]
+    stat = source.stat()
+    source.write_bytes(b"x" * stat.st_size)  # garbage, but same size and mtime: still served from the cache
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert dataset[2].shape == (3, 40, 40)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a changed file gets a new key
+    with pytest.warns(UnreadableImageWarning, match="photo_2.jpg"):
+        assert dataset[2] is None
+    entries[0].write_bytes(b"damaged cache entry")  # unreadable cache entries are rebuilt
+    assert all(dataset[i].shape == first[i].shape for i in range(2))
