@@ -89,6 +89,7 @@ class _RandomCropImages(Dataset):
         self.image_size = image_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._warned: set[str] = set()
+        self._cache_write_failed = False
 
     @property
     def paths(self) -> list[Path]:
@@ -117,8 +118,14 @@ class _RandomCropImages(Dataset):
         # shorter side -> image_size (bilinear, antialiased)
         image = TF.resize(read_rgb_uint8(path), [self.image_size], antialias=True)
         if self.cache_dir is not None:
-            with atomic_write(cached) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, image.numpy())
+            try:
+                with atomic_write(cached) as tmp, open(tmp, "wb") as handle:
+                    np.save(handle, image.numpy())
+            except OSError as err:  # e.g. a full disk: train on, uncached, and say so once
+                if not self._cache_write_failed:
+                    self._cache_write_failed = True
+                    warnings.warn(f"decode cache: cannot write {cached} ({err}); continuing without it",
+                                  stacklevel=3)
         return image
 
     def __getitem__(self, index: int) -> torch.Tensor | None:

@@ -176,3 +176,13 @@ def test_decode_once_cache(tmp_path, tiny_jpegs):
         assert dataset[2] is None
     entries[0].write_bytes(b"damaged cache entry")  # unreadable cache entries are rebuilt
     assert all(dataset[i].shape == first[i].shape for i in range(2))
+
+
+def test_cache_write_failure_does_not_drop_images(tmp_path, tiny_jpegs):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    dataset = ImageFolderImages(tmp_path / "jpegs", image_size=16, cache_dir=blocker)
+    with pytest.warns(UserWarning, match="decode cache") as caught:
+        crops = [dataset[i] for i in range(3)]
+    assert all(crop.shape == (3, 16, 16) for crop in crops)
+    assert len([w for w in caught if "decode cache" in str(w.message)]) == 1
