@@ -35,7 +35,8 @@ def save_style_model(transformer: TransformerNet, path: str | Path, metadata: di
     info = {"format": FORMAT, "transformer": transformer.config.to_dict(), **metadata}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in transformer.state_dict().items()}
     if style_image is not None:
-        tensors[STYLE_IMAGE_KEY] = (style_image.detach().cpu().reshape(-1, *style_image.shape[-2:]) * 255).round().to(torch.uint8)
+        pixels = style_image.detach().cpu().reshape(-1, *style_image.shape[-2:])
+        tensors[STYLE_IMAGE_KEY] = (pixels * 255).round().to(torch.uint8).contiguous()
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(info)})
     return path
