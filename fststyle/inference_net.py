@@ -107,7 +107,7 @@ class InferenceNet(nn.Module):
     @contextmanager
     def recording(self) -> Iterator[InstanceNormStatistics]:
         """Within this block, forward passes store their instance-norm statistics in the yielded object."""
-        self._recording, self._reusing = InstanceNormStatistics(), None
+        self._recording = InstanceNormStatistics()
         try:
             yield self._recording
         finally:
@@ -116,7 +116,7 @@ class InferenceNet(nn.Module):
     @contextmanager
     def reusing(self, statistics: InstanceNormStatistics) -> Iterator[None]:
         """Within this block, forward passes use ``statistics`` instead of their own (tiling)."""
-        self._reusing, self._recording = statistics, None
+        self._reusing = statistics
         try:
             yield
         finally:
@@ -134,8 +134,9 @@ class InferenceNet(nn.Module):
             return scale.to(x.dtype), shift.to(x.dtype)
         count = x.shape[-2] * x.shape[-1]
         # E[x] and E[x^2] in fp32; two fast reductions instead of the slow Welford pass of var_mean on NHWC
+        squares = torch.mul(x, x, out=scratch) if x.dtype == torch.float32 else x.float().square()
         mean = x.sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / count
-        mean_square = torch.mul(x, x, out=scratch).sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / count
+        mean_square = squares.sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / count
         variance = (mean_square - mean * mean).clamp_min_(0)
         scale = norm.weight.float().view(1, -1, 1, 1) * torch.rsqrt(variance + norm.eps)
         shift = norm.bias.float().view(1, -1, 1, 1) - mean * scale
