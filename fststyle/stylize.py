@@ -122,8 +122,10 @@ class Stylizer:
             raise ValueError(f"tile_overlap={self.tile_overlap} must be >= 0 and less than half of tile={self.tile}")
         self.network = self.network.to(self.device, self.dtype).eval()
         self.fast = inference_net.InferenceNet(self.network) if inference_net.supports(self.network) else None
-        runner = self.fast if self.fast is not None else self.network.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(runner) if self.compile else runner
+        if self.compile:  # inductor fuses the plain network itself (it fails on InferenceNet's out= writes)
+            self._forward = torch.compile(self.network.to(memory_format=torch.channels_last))
+        else:
+            self._forward = self.fast if self.fast is not None else self.network.to(memory_format=torch.channels_last)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
@@ -167,10 +169,11 @@ class Stylizer:
             stylised = torch.lerp(original, stylised, self.strength)
         return stylised
 
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
-        """The network on N,3,h,w (moved to the run device and dtype) -> float32 on the run device."""
+    def _run(self, images: torch.Tensor, shared_statistics: bool = False) -> torch.Tensor:
+        """The network on N,3,h,w (moved to the run device and dtype) -> float32 on the run device.
+        ``shared_statistics``: run the (uncompiled) InferenceNet, which can record and reuse statistics."""
         batch = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self._forward(batch).float()
+        return (self.fast if shared_statistics else self._forward)(batch).float()
 
     def _run_tiled(self, images: torch.Tensor) -> torch.Tensor:
         """Overlapping tiles blended with raised-cosine ramps: N,3,H,W -> N,3,H,W on the input's device.
@@ -198,7 +201,7 @@ class Stylizer:
             weight = weight_of(top, left)
             if statistics is not None:
                 with self.fast.reusing(statistics):
-                    out = self._run(crop)
+                    out = self._run(crop, shared_statistics=True)
             else:
                 out = self._run(crop)
             total[..., top:top + weight.shape[-2], left:left + weight.shape[-1]] += out.to(images.device) * weight
@@ -213,7 +216,7 @@ class Stylizer:
         small = F.interpolate(images.to(self.device), size=size, mode="bilinear", antialias=True,
                               align_corners=False).clamp(0, 1)
         with self.fast.recording() as statistics:
-            self._run(small)
+            self._run(small, shared_statistics=True)
         return statistics
 
 
