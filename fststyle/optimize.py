@@ -219,8 +219,10 @@ def _run_lbfgs(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: Opti
                recorder: _Recorder) -> None:
     """L-BFGS with a strong-Wolfe line search; ``steps`` iterations in one ``step()`` call (no re-evaluations).
 
-    Each iteration's terms are those of its last function evaluation (the point the line search accepted)."""
-    optimizer = torch.optim.LBFGS([x], lr=settings.learning_rate, max_iter=steps, max_eval=steps * 2,
+    Each iteration's terms are those of its last function evaluation (the point the line search accepted).
+    ``max_eval`` only guards against a runaway line search: the first iteration alone can take several
+    evaluations while it grows the tiny initial step."""
+    optimizer = torch.optim.LBFGS([x], lr=settings.learning_rate, max_iter=steps, max_eval=steps * 4,
                                   history_size=settings.history_size, line_search_fn="strong_wolfe",
                                   tolerance_grad=LBFGS_TOLERANCE, tolerance_change=LBFGS_TOLERANCE)
     pending: list[Any] = []  # [iteration, image, terms] of the latest evaluation, not yet recorded
