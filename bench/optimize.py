@@ -1,0 +1,118 @@
+"""Time per iteration and peak memory of the optimisation engines (Gatys, MRF) with L-BFGS and Adam.
+
+    PYTHONPATH=. python bench/optimize.py                      # 256 and 512 px, CPU (and CUDA when present)
+    PYTHONPATH=. python bench/optimize.py --sizes 128 --iterations 2
+
+Each setting runs in a fresh subprocess, so its peak memory is its own: on CPU the peak resident set size
+(``ru_maxrss``) minus the RSS once the VGG weights and images are loaded (style targets, the
+warm-up iteration and the timed ones all count), on CUDA ``torch.cuda.max_memory_allocated``.
+Everything is plain eager fp32 (the engine has no other mode); the ratios printed are MRF / Gatys per iteration at
+the same size and optimiser. It prints figures and never asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONTENT = REPO / "data" / "preview" / "000000000030.jpg"
+STYLE = REPO / "data" / "styles" / "starry_night.jpg"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(engine: str, optimizer: str, size: int, iterations: int, device: str) -> dict:
+    """One setting, in this process: setup, one warm-up iteration, then ``iterations`` timed ones."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from fststyle.images import load_image
+    from fststyle.optimize import OptimizeSettings, build_loss, optimize_image
+
+    engine_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "engine" / f"{engine}.yaml"))
+    loss = build_loss(engine_cfg).to(device)
+    content, style = load_image(CONTENT, size), load_image(STYLE, size)
+    rss_before = _rss_bytes()
+    settings = OptimizeSettings(steps=1, optimizer=optimizer, image_size=size)
+    optimize_image(content, [style], loss, settings, progress=False)  # warm-up: allocator, oneDNN/cuDNN plans
+    if device == "cuda":
+        torch.cuda.synchronize()
+    settings = OptimizeSettings(steps=iterations, optimizer=optimizer, image_size=size)
+    started = time.perf_counter()
+    result = optimize_image(content, [style], loss, settings, progress=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {
+        "engine": engine, "optimizer": optimizer, "size": size, "device": device, "iterations": iterations,
+        "evaluations": result.evaluations, "seconds_per_iteration": seconds / iterations,
+        "seconds_per_evaluation": seconds / result.evaluations,
+        "peak_bytes": result.peak_memory_bytes if device == "cuda" else peak_rss - rss_before,
+        "peak_rss_bytes": peak_rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--iterations", type=int, default=5, help="timed iterations per setting (after a warm-up)")
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    parser.add_argument("--one", nargs=4, metavar=("ENGINE", "OPTIMIZER", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        engine, optimizer, size, device = args.one
+        print(json.dumps(measure(engine, optimizer, int(size), args.iterations, device)))
+        return
+
+    import torch
+
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads visible"
+          + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    rows = []
+    for device in devices:
+        for size in args.sizes:
+            for optimizer in ("lbfgs", "adam"):
+                for engine in ("gatys", "mrf"):
+                    command = [sys.executable, __file__, "--iterations", str(args.iterations),
+                               "--one", engine, optimizer, str(size), device]
+                    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                    if done.returncode != 0:
+                        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    row = rows[-1]
+                    print(f"  {device:4} {size:4}px {optimizer:5} {engine:5} {row['seconds_per_iteration']:7.2f} s/it "
+                          f"({row['evaluations']} evals) peak +{row['peak_bytes'] / 2**20:7.0f} MiB", flush=True)
+
+    print("\n| device | size | optimiser | Gatys s/iter (evals) | MRF s/iter (evals) | Gatys s/eval | MRF s/eval "
+          "| MRF / Gatys per eval | Gatys peak MiB | MRF peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for device in devices:
+        for size in args.sizes:
+            for optimizer in ("lbfgs", "adam"):
+                gatys, mrf = (next(r for r in rows if (r["device"], r["size"], r["optimizer"], r["engine"])
+                                   == (device, size, optimizer, engine)) for engine in ("gatys", "mrf"))
+                ratio = mrf["seconds_per_evaluation"] / gatys["seconds_per_evaluation"]
+                print(f"| {device} | {size} | {optimizer} | {gatys['seconds_per_iteration']:.2f} ({gatys['evaluations']}) "
+                      f"| {mrf['seconds_per_iteration']:.2f} ({mrf['evaluations']}) | "
+                      f"{gatys['seconds_per_evaluation']:.2f} | {mrf['seconds_per_evaluation']:.2f} | {ratio:.2f}x | "
+                      f"{gatys['peak_bytes'] / 2**20:.0f} | {mrf['peak_bytes'] / 2**20:.0f} |")
+    print("\npeak = CPU: max RSS minus RSS with the VGG weights and images loaded; "
+          "CUDA: max_memory_allocated. An evaluation is one loss forward + backward; an L-BFGS iteration "
+          "includes its line-search evaluations, Adam's run adds one forward to score the last step.")
+
+
+if __name__ == "__main__":
+    main()

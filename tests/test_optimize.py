@@ -1,0 +1,171 @@
+"""The optimisation engine on real photos and the real (Caffe) VGG-19: small images, few steps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from fststyle.color import rgb_to_yiq
+from fststyle.images import load_image
+from fststyle.losses import GramStyleLoss, PerceptualLoss
+from fststyle.optimize import (
+    OptimizeSettings,
+    build_loss,
+    optimize_image,
+    pyramid_sizes,
+    run,
+    settings_from_config,
+)
+from fststyle.vgg import VGGFeatures
+
+REPO = Path(__file__).resolve().parents[1]
+GATYS_STYLE = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
+
+
+@pytest.fixture(scope="module")
+def vgg() -> VGGFeatures:
+    return VGGFeatures("vgg19", weights="caffe", pooling="avg", layers=["relu5_1"])
+
+
+@pytest.fixture
+def gatys(vgg) -> PerceptualLoss:
+    """The gatys.yaml loss on the shared VGG (weights as in conf/engine/gatys.yaml)."""
+    return PerceptualLoss(vgg, {"relu4_2": 1.0}, GramStyleLoss(GATYS_STYLE), content_weight=5.0, style_weight=100.0,
+                          tv_weight=1e5)
+
+
+@pytest.fixture(scope="module")
+def photo(bundled_data) -> torch.Tensor:
+    return load_image(sorted((bundled_data / "preview").glob("*.jpg"))[0])
+
+
+@pytest.fixture(scope="module")
+def starry(bundled_data) -> torch.Tensor:
+    return load_image(bundled_data / "styles" / "starry_night.jpg", 128)
+
+
+@pytest.fixture(scope="module")
+def scream(bundled_data) -> torch.Tensor:
+    return load_image(bundled_data / "styles" / "the_scream.jpg", 128)
+
+
+def test_gatys_run_stylises_and_keeps_the_content(gatys, photo, starry):
+    settings = OptimizeSettings(steps=20, image_size=64)
+    result = optimize_image(photo, [starry], gatys, settings, progress=False)
+    assert result.image.shape[-2:] == pyramid_sizes(*photo.shape[-2:], settings)[-1]
+    assert 0 <= result.image.min() and result.image.max() <= 1
+    start, end = result.history[0], result.final_terms
+    assert [h["step"] for h in result.history] == list(range(21))
+    assert end["style"] < start["style"] / 10, "the style loss must fall by a large factor"
+    # scored against the cached content: an image with the painting's content, and one with none
+    painting = float(gatys(torch.nn.functional.interpolate(starry, size=result.image.shape[-2:]))["content"])
+    noise = float(gatys(torch.rand_like(result.image))["content"])
+    assert end["content"] < 0.6 * min(painting, noise), "the content must stay recognisable"
+    content = torch.nn.functional.interpolate(photo, size=result.image.shape[-2:], mode="area")
+    luminance = torch.stack([rgb_to_yiq(content)[0, 0].flatten(), rgb_to_yiq(result.image)[0, 0].flatten()])
+    assert torch.corrcoef(luminance)[0, 1] > 0.5, "the photo's light and dark areas must survive"
+
+
+def test_blend_weights_one_zero_equal_the_single_style(gatys, photo, starry, scream):
+    settings = OptimizeSettings(steps=2, image_size=48, optimizer="adam")
+    single = optimize_image(photo, [starry], gatys, settings, progress=False).image
+    blended = optimize_image(photo, [starry, scream], gatys, settings, style_blend=[1, 0], progress=False).image
+    other = optimize_image(photo, [starry, scream], gatys, settings, style_blend=[0, 1], progress=False).image
+    assert torch.allclose(single, blended, atol=1e-5)
+    assert not torch.allclose(single, other, atol=1e-2)
+
+
+def test_preserve_color_keeps_the_content_chroma(gatys, photo, starry):
+    settings = OptimizeSettings(steps=5, image_size=64, preserve_color=True)
+    result = optimize_image(photo, [starry], gatys, settings, progress=False).image
+    content = torch.nn.functional.interpolate(photo, size=result.shape[-2:], mode="bicubic", antialias=True)
+    chroma_error = (rgb_to_yiq(result)[:, 1:] - rgb_to_yiq(content.clamp(0, 1))[:, 1:]).abs().mean()
+    plain = optimize_image(photo, [starry], gatys, OptimizeSettings(steps=5, image_size=64), progress=False).image
+    plain_error = (rgb_to_yiq(plain)[:, 1:] - rgb_to_yiq(content.clamp(0, 1))[:, 1:]).abs().mean()
+    assert chroma_error < 0.01 < plain_error
+    assert (rgb_to_yiq(result)[:, :1] - rgb_to_yiq(content)[:, :1]).abs().mean() > 0.01  # luminance was stylised
+
+
+def test_fixed_seed_reproduces_noise_runs(gatys, photo, starry):
+    settings = OptimizeSettings(steps=2, image_size=48, init="noise", seed=7)
+    first = optimize_image(photo, [starry], gatys, settings, progress=False)
+    again = optimize_image(photo, [starry], gatys, settings, progress=False)
+    other = optimize_image(photo, [starry], gatys, OptimizeSettings(steps=2, image_size=48, init="noise", seed=8),
+                           progress=False)
+    assert torch.equal(first.image, again.image) and first.history == again.history
+    assert not torch.equal(first.image, other.image)
+
+
+def test_pyramid_adam_and_intermediate_images(gatys, photo, starry, tmp_path):
+    seen = []
+    settings = OptimizeSettings(optimizer="adam", pyramid_levels=2, level_steps=[4, 2], image_size=64, save_every=3,
+                                save_dir=str(tmp_path / "steps"), tensorboard=str(tmp_path / "tb"))
+    result = optimize_image(photo, [starry], gatys, settings, progress=False,
+                            callback=lambda step, image, terms: seen.append((step, tuple(image.shape[-2:]))))
+    sizes = pyramid_sizes(*photo.shape[-2:], settings)
+    assert max(sizes[0]) == 32 and max(sizes[1]) == 64
+    assert [h["level"] for h in result.history] == [0] * 5 + [1] * 3
+    assert seen[0] == (0, sizes[0]) and seen[-1] == (6, sizes[1])
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["step_00003.png", "step_00006.png"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert len(events.Scalars("optimize/total")) == len(result.history)
+    assert result.history[-1]["total"] < result.history[0]["total"]
+
+
+def test_mrf_engine_lowers_the_mrf_loss(photo, starry):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("infer", overrides=["engine=mrf"])
+    loss = build_loss(cfg.engine)
+    settings = settings_from_config(cfg.engine)
+    assert settings.pyramid_levels == 3 and settings.steps == 100  # CNNMRF's defaults
+    small = OptimizeSettings(steps=5, image_size=96, pyramid_levels=2)
+    result = optimize_image(photo, [starry], loss, small, progress=False)
+    assert result.final_terms["style"] < 0.7 * result.history[0]["style"]
+
+
+def compose_infer(overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("infer", overrides=overrides)
+
+
+def test_clear_errors_for_bad_inputs(bundled_data, tmp_path):
+    style = str(bundled_data / "styles" / "starry_night.jpg")
+    photo = str(sorted((bundled_data / "preview").glob("*.jpg"))[0])
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="style file not found: .*nope.jpg"):
+        run(compose_infer(["engine=gatys", f"content={photo}", f"style={missing}", f"output={tmp_path}/o.png"]))
+    with pytest.raises(FileNotFoundError, match="content file not found"):
+        run(compose_infer(["engine=gatys", f"content={missing}", f"style={style}", f"output={tmp_path}/o.png"]))
+    with pytest.raises(ValueError, match="needs style="):
+        run(compose_infer(["engine=gatys", f"content={photo}", f"output={tmp_path}/o.png"]))
+    with pytest.raises(ValueError, match="2 styles but 1 content_masks"):
+        run(compose_infer(["engine=gatys", f"content={photo}", f"style=[{style},{style}]",
+                           f"content_masks=[{photo}]", f"output={tmp_path}/o.png"]))
+    with pytest.raises(ValueError, match="unknown optimisation settings"):
+        settings_from_config({"name": "gatys", "step": 3})
+    with pytest.raises(ValueError, match="Gram style loss"):
+        loss = PerceptualLoss.from_config({"network": {"arch": "vgg19", "weights": "random"},
+                                           "style_layers": {"relu3_1": 1.0}, "style_loss": "mrf"})
+        optimize_image(torch.rand(1, 3, 32, 32), [torch.rand(1, 3, 32, 32)], loss, OptimizeSettings(steps=1),
+                       content_masks=[torch.ones(1, 1, 32, 32)], progress=False)
+
+
+def test_infer_cli_writes_the_image_and_the_json(bundled_data, tmp_path):
+    output = tmp_path / "out" / "result.png"
+    command = [sys.executable, "infer.py", "engine=gatys", f"output={output}", "engine.image_size=48",
+               "engine.steps=2", f"content={sorted((bundled_data / 'preview').glob('*.jpg'))[0]}",
+               f"style={bundled_data / 'styles' / 'udnie.jpg'}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_image(output).shape[-1] == 48
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert report["engine"] == "gatys" and report["settings"]["steps"] == 2 and report["seconds"] > 0
+    assert [h["step"] for h in report["history"]] == [0, 1, 2] and "style.relu1_1" in report["final"]
+    assert not list(output.parent.glob(".*")), "no temporary files may be left behind"
