@@ -10,15 +10,17 @@ from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
-def main(cfg: DictConfig) -> int:
+def main(cfg: DictConfig) -> None:
     if cfg.get("engines") is not None:
         from fststyle.compare import run
     elif cfg.engine.name == "fast":
         from fststyle.stylize import run
     else:
         from fststyle.optimize import run
-    return run(cfg)
+    status = run(cfg)
+    if status:  # hydra.main discards return values; SystemExit passes through it
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
