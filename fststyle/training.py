@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from fststyle.data import StyleDataModule
 from fststyle.export import save_style_model, style_metadata
 from fststyle.files import atomic_write
 from fststyle.images import list_images
-from fststyle.module import StyleTransferModule, style_name
+from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 
 #: trainer-group keys that configure the networks rather than the Lightning Trainer
 NETWORK_SWITCHES = ("channels_last", "compile")
@@ -74,9 +75,11 @@ class CheckpointOnInterrupt(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            return  # an error (e.g. a non-finite loss): the last good periodic checkpoint stays
-        if isinstance(exception, KeyboardInterrupt) and trainer.world_size > 1:
+        signalled = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
+        # After a Ctrl-C, DataLoader workers (same process group) may die first; the weights are intact then.
+        if not (signalled or self.interrupted) or isinstance(exception, NonFiniteLossError):
+            return  # an error such as a non-finite loss: the last good periodic checkpoint stays
+        if not isinstance(exception, SIGTERMException) and trainer.world_size > 1:
             # Other processes may be inside a collective; a synchronised save could hang.
             rank_zero_warn(f"Interrupted mid-step: no checkpoint written; resume from {self.path.parent}")
             return
@@ -100,6 +103,7 @@ class TrainResult:
     model_path: Path | None  # None on ranks other than 0
     global_step: int
     skipped_images: int
+    module: StyleTransferModule
 
 
 def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
@@ -131,14 +135,15 @@ def _style(cfg: dict[str, Any]) -> dict[str, Any]:
 def _data_module(data: dict[str, Any]) -> StyleDataModule:
     """The StyleDataModule with its paths resolved; ``preview`` may be a folder or a list of files."""
     data = dict(data)
-    data["root"] = _path(data["root"], "training images (data.root)")
+    # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
+    data["root"] = str(_path(data["root"], "training images (data.root)"))
     preview = data.get("preview") or []
     if isinstance(preview, str | os.PathLike):
         folder = _path(preview, "preview folder (data.preview)")
         preview = list_images(folder) if folder.is_dir() else [folder]
-    data["preview"] = [_path(p, "preview photo (data.preview)") for p in preview]
+    data["preview"] = [str(_path(p, "preview photo (data.preview)")) for p in preview]
     if data.get("cache_dir") is not None:
-        data["cache_dir"] = _path(data["cache_dir"], "cache_dir", must_exist=False)
+        data["cache_dir"] = str(_path(data["cache_dir"], "cache_dir", must_exist=False))
     return StyleDataModule(**data)
 
 
@@ -155,7 +160,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
 
     every = cfg.get("checkpoint_every_n_steps")
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=checkpoints, filename="step_{step:07d}", auto_insert_metric_name=False,
+        ModelCheckpoint(dirpath=str(checkpoints), filename="step_{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_last=True, save_top_k=1),
         CheckpointOnInterrupt(checkpoints),
         LearningRateMonitor(logging_interval="step"),
@@ -171,6 +176,8 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
 def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     """Train one style model as ``cfg`` (the composed ``conf/train.yaml``) says; returns where it went."""
     cfg = _plain(cfg)
+    # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = {k: v for k, v in cfg["trainer"].items() if k not in NETWORK_SWITCHES}
@@ -179,8 +186,8 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     checkpoints = run_dir / "checkpoints"
     plugins = [AtomicCheckpointIO(), *(trainer_args.pop("plugins", None) or [])]
     trainer = pl.Trainer(
-        default_root_dir=run_dir,
-        logger=TensorBoardLogger(save_dir=run_dir, name="", version="", default_hp_metric=False),
+        default_root_dir=str(run_dir),
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False),
         callbacks=_callbacks(cfg, checkpoints),
         plugins=plugins,
         **trainer_args,
@@ -201,7 +208,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
               f"TensorBoard:   tensorboard --logdir {run_dir}\n"
               f"Style model:   {model_path}\n"
               f"Steps: {trainer.global_step}; unreadable training images skipped: {skipped}", flush=True)
-    return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total)
+    return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total, module)
 
 
 def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int) -> Path:
