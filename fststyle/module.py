@@ -69,6 +69,8 @@ class StyleTransferModule(pl.LightningModule):
         #: the sum of ``skipped_images`` over all processes, set when training ends
         self.skipped_images_total = 0
         self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: the global step of the latest preview grid (None: none yet)
+        self.last_preview_step: int | None = None
 
     # ---- training ---------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -150,6 +152,7 @@ class StyleTransferModule(pl.LightningModule):
         contents = torch.cat([content for content, _ in self._previews])
         stylised = torch.cat([output for _, output in self._previews])
         self._previews.clear()
+        self.last_preview_step = self.global_step
         if self.trainer.world_size > 1:
             contents = self.all_gather(contents).flatten(0, 1)
             stylised = self.all_gather(stylised).flatten(0, 1)

@@ -49,24 +49,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class CheckpointOnInterrupt(Callback):
-    """Stop gracefully on SIGINT/SIGTERM and leave ``last.ckpt``.
+class LastCheckpoint(Callback):
+    """``last.ckpt`` always holds where training stopped: at the end, and on SIGINT/SIGTERM.
 
-    Lightning turns SIGTERM into a stop at the end of the current step (all ranks together). A first
-    Ctrl-C (SIGINT) is routed through the same path; a second one interrupts at once. When the stop
-    arrives, the current state (weights, optimiser, loop counters) is written to ``last.ckpt``.
+    ModelCheckpoint writes it only with its periodic checkpoints. Lightning turns SIGTERM into a stop at
+    the end of the current step (all ranks together); a first Ctrl-C (SIGINT) is routed through the same
+    path, a second one interrupts at once. When the stop arrives, the current state (weights, optimiser,
+    loop counters) is written to ``last.ckpt``.
     """
 
     def __init__(self, dirpath: Path) -> None:
         self.path = Path(dirpath) / LAST_CHECKPOINT
         self.interrupted = False
         self._previous_sigint: Any = None
+        self._pid = os.getpid()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): keep serving batches
         self.interrupted = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
         rank_zero_info("\nInterrupted: stopping after this step and saving the last checkpoint "
@@ -85,6 +90,10 @@ class CheckpointOnInterrupt(Callback):
             return
         trainer.save_checkpoint(self.path)
         rank_zero_info(f"Saved {self.path} at global step {trainer.global_step}; resume with ckpt_path={self.path}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_sigint()
@@ -162,7 +171,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=str(checkpoints), filename="step_{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_last=True, save_top_k=1),
-        CheckpointOnInterrupt(checkpoints),
+        LastCheckpoint(checkpoints),
         LearningRateMonitor(logging_interval="step"),
         TQDMProgressBar(),
     ]
@@ -199,7 +208,10 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         rank_zero_info(f"Stopped by a signal. Resume: python train.py ... ckpt_path={checkpoints / LAST_CHECKPOINT}")
-        raise
+        sigint = any(isinstance(c, LastCheckpoint) and c.interrupted for c in trainer.callbacks)
+        raise SystemExit(130 if sigint else 143) from None  # the shells' codes for death by SIGINT / SIGTERM
+    if not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
     model_path = None
     if trainer.is_global_zero:
         model_path = _export(cfg, module, run_dir, trainer.global_step)
