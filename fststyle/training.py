@@ -88,12 +88,12 @@ class LastCheckpoint(Callback):
             # Other processes may be inside a collective; a synchronised save could hang.
             rank_zero_warn(f"Interrupted mid-step: no checkpoint written; resume from {self.path.parent}")
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         rank_zero_info(f"Saved {self.path} at global step {trainer.global_step}; resume with ckpt_path={self.path}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_sigint()

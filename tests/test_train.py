@@ -54,7 +54,7 @@ def test_fast_dev_run_through_the_hydra_config(tmp_path: Path) -> None:
 def test_demo_preset_runs_end_to_end(tmp_path: Path) -> None:
     """The offline demo (Caffe VGG-19, bundled sample) via train.py, shortened to 3 steps of 64 px crops."""
     done = run_train("experiment=demo", "trainer.max_steps=3", "data.image_size=64", "data.preview_size=64",
-                     f"run_dir={tmp_path}")
+                     f"hydra.run.dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"tensorboard --logdir {tmp_path}" in done.stdout
     assert (tmp_path / "starry_night.safetensors").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -67,7 +67,7 @@ def test_two_process_ddp_ranks_see_different_images(tmp_path: Path) -> None:
     hashes = tmp_path / "hashes"
     done = run_train(*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                      "trainer.precision=32-true", "trainer.channels_last=false", "trainer.benchmark=false",
-                     "trainer.max_steps=3", f"run_dir={tmp_path / 'run'}", *recorder(hashes))
+                     "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'run'}", *recorder(hashes))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = ((hashes / f"rank{r}.txt").read_text().split() for r in (0, 1))
     assert len(rank0) == len(rank1) == 3 * 2  # 3 steps of batch 2 on each rank
@@ -84,7 +84,7 @@ def test_signal_leaves_a_loadable_last_checkpoint(tmp_path: Path, signum: int) -
     hashes = tmp_path / "hashes"
     process = subprocess.Popen(
         [sys.executable, "train.py", *TINY, "data.num_workers=1", "trainer.max_steps=100000",
-         "checkpoint_every_n_steps=100000", "trainer.val_check_interval=100000", f"run_dir={tmp_path / 'run'}",
+         "checkpoint_every_n_steps=100000", "trainer.val_check_interval=100000", f"hydra.run.dir={tmp_path / 'run'}",
          *recorder(hashes)],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
