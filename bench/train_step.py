@@ -61,6 +61,7 @@ def _synchronize(device: torch.device) -> None:
 def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The step ``train.py`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
     switches = {"channels_last": cfg["trainer"]["channels_last"], "compile": compile}
+    torch.manual_seed(0)  # every variant starts from the same transformer weights
     module = StyleTransferModule(cfg["model"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
                                  cfg["optimizer"], **switches).to(device)
     optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])
@@ -81,6 +82,7 @@ def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[to
 def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The textbook step: fp32 NCHW, content through the whole VGG with autograd; VGG weights trainable
     unless ``frozen``. Same networks, same weights, same loss values as the project's step."""
+    torch.manual_seed(0)
     module = StyleTransferModule(cfg["model"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
                                  cfg["optimizer"]).to(device)
     transformer = TransformerNet(TransformerConfig(**cfg["model"])).to(device)

@@ -32,8 +32,9 @@ def tiny_config(run_dir: Path, *overrides: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
-    """One 4-step training run (checkpoints and previews every 2 steps)."""
-    return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4"))
+    """One 4-step training run (checkpoints and previews every 2 steps; LR halved every 2 steps)."""
+    return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4", "optimizer.schedule=step",
+                             "optimizer.step_size=2", "optimizer.gamma=0.5"))
 
 
 def test_transformer_gets_gradients_and_vgg_none(tmp_path: Path) -> None:
@@ -65,6 +66,18 @@ def test_hyperparameters_are_plain_containers(tmp_path: Path) -> None:
     assert hparams["style"]["name"] == "the_scream" and hparams["optimizer"]["lr"] == 1e-3
 
 
+def test_blended_styles_name_the_model(tmp_path: Path) -> None:
+    styles = [REPO / "data/styles/the_scream.jpg", REPO / "data/styles/udnie.jpg"]
+    module = build_module(tiny_config(tmp_path, f"style=[{styles[0]},{styles[1]}]", "style_blend=[3,1]"))
+    assert module.hparams.style["name"] == "the_scream+udnie" and module.hparams.style["blend"] == [3, 1]
+    assert len(module.style_images) == 2 and max(module.style_images[1].shape[-2:]) == 32
+
+
+def test_missing_style_image_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="style image not found: .*nowhere.jpg"):
+        build_module(tiny_config(tmp_path, "style=nowhere.jpg"))
+
+
 def test_vgg_stays_frozen_and_in_eval_after_fit(tiny_run) -> None:
     vgg = tiny_run.module.loss.vgg
     assert not vgg.training
@@ -78,6 +91,7 @@ def test_checkpoint_has_no_vgg_and_loads_weights_only(tiny_run) -> None:
     last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**2)
     assert checkpoint["state_dict"] and not [k for k in checkpoint["state_dict"] if k.startswith("loss.")]
     # strict loading works: the module puts its own VGG weights back before the state dict loads
     restored = StyleTransferModule.load_from_checkpoint(last, map_location="cpu")
@@ -116,6 +130,7 @@ def test_resume_continues_step_and_optimizer_state(tiny_run, tmp_path: Path) -> 
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     adam = checkpoint["optimizer_states"][0]["state"]
     assert all(int(state["step"]) == 6 for state in adam.values())  # 4 restored + 2 new Adam steps
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**3)
 
 
 class PoisonWeightsAt(pl.Callback):
