@@ -24,6 +24,9 @@ TINY = ["data=sample", "model.width=0.25", "loss.network.weights=random", "data.
         f"data.preview={REPO / 'data/preview'}"]
 
 
+HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "optimizer.gamma=0.5"]
+
+
 def tiny_config(run_dir: Path, *overrides: str) -> dict:
     """The composed train.yaml with TINY settings, writing into ``run_dir``."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -33,8 +36,7 @@ def tiny_config(run_dir: Path, *overrides: str) -> dict:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     """One 4-step training run (checkpoints and previews every 2 steps; LR halved every 2 steps)."""
-    return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4", "optimizer.schedule=step",
-                             "optimizer.step_size=2", "optimizer.gamma=0.5"))
+    return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4", *HALVE_LR_EVERY_2_STEPS))
 
 
 def test_transformer_gets_gradients_and_vgg_none(tmp_path: Path) -> None:
@@ -125,7 +127,7 @@ def test_exported_model_matches_module_bit_for_bit(tiny_run) -> None:
 
 def test_resume_continues_step_and_optimizer_state(tiny_run, tmp_path: Path) -> None:
     last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
-    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={last}"))
+    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={last}", *HALVE_LR_EVERY_2_STEPS))
     assert resumed.global_step == 6
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     adam = checkpoint["optimizer_states"][0]["state"]
