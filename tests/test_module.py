@@ -1,0 +1,156 @@
+"""StyleTransferModule with a real Lightning Trainer on the bundled sample (tiny images, random VGG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fststyle.export import load_style_model, read_metadata
+from fststyle.module import NonFiniteLossError, StyleTransferModule
+from fststyle.training import _data_module, _plain, build_module, train
+from fststyle.vgg import VGGFeatures
+
+REPO = Path(__file__).resolve().parents[1]
+#: tiny, fast settings: mechanics only (random VGG weights, 32 px crops, quarter-width network)
+TINY = ["data=sample", "model.width=0.25", "loss.network.weights=random", "data.image_size=32",
+        "data.batch_size=2", "data.num_workers=0", "data.preview_size=32", "style_size=32",
+        "trainer.log_every_n_steps=1", "trainer.val_check_interval=2", "checkpoint_every_n_steps=2",
+        f"style={REPO / 'data/styles/the_scream.jpg'}", f"data.root={REPO / 'data/coco_sample'}",
+        f"data.preview={REPO / 'data/preview'}"]
+
+
+HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "optimizer.gamma=0.5"]
+
+
+def tiny_config(run_dir: Path, *overrides: str) -> dict:
+    """The composed train.yaml with TINY settings, writing into ``run_dir``."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return _plain(compose("train", overrides=[*TINY, f"run_dir={run_dir}", *overrides]))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """One 4-step training run (checkpoints and previews every 2 steps; LR halved every 2 steps)."""
+    return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4", *HALVE_LR_EVERY_2_STEPS))
+
+
+def test_transformer_gets_gradients_and_vgg_none(tmp_path: Path) -> None:
+    module = build_module(tiny_config(tmp_path))
+    images = torch.rand(2, 3, 32, 32)
+    output = module(images)
+    assert output.shape == images.shape and 0 <= output.min() and output.max() <= 1
+    terms = module.loss(output, images)
+    assert {"content.relu2_2", "style.relu1_2", "style.relu4_3", "content", "style", "tv", "total"} <= set(terms)
+    terms["total"].backward()
+    grads = [p.grad for p in module.transformer.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None and not p.requires_grad for p in module.loss.vgg.parameters())
+
+
+def test_hyperparameters_are_plain_containers(tmp_path: Path) -> None:
+    hparams = dict(build_module(tiny_config(tmp_path)).hparams)
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, str | int | float | bool)
+
+    assert {"transformer", "loss", "style", "image_size", "optimizer"} <= set(hparams)
+    assert plain(hparams), hparams
+    assert hparams["style"]["name"] == "the_scream" and hparams["optimizer"]["lr"] == 1e-3
+
+
+def test_blended_styles_name_the_model(tmp_path: Path) -> None:
+    styles = [REPO / "data/styles/the_scream.jpg", REPO / "data/styles/udnie.jpg"]
+    module = build_module(tiny_config(tmp_path, f"style=[{styles[0]},{styles[1]}]", "style_blend=[3,1]"))
+    assert module.hparams.style["name"] == "the_scream+udnie" and module.hparams.style["blend"] == [3, 1]
+    assert len(module.style_images) == 2 and max(module.style_images[1].shape[-2:]) == 32
+
+
+def test_missing_style_image_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="style image not found: .*nowhere.jpg"):
+        build_module(tiny_config(tmp_path, "style=nowhere.jpg"))
+
+
+def test_vgg_stays_frozen_and_in_eval_after_fit(tiny_run) -> None:
+    vgg = tiny_run.module.loss.vgg
+    assert not vgg.training
+    assert all(p.grad is None and not p.requires_grad for p in vgg.parameters())
+    fresh = VGGFeatures("vgg16", weights="random", layers=["relu4_3"])
+    assert all(torch.equal(a, b) for a, b in zip(vgg.state_dict().values(), fresh.state_dict().values(), strict=True))
+    assert tiny_run.module.transformer.training  # the trained network itself was in train mode
+
+
+def test_checkpoint_has_no_vgg_and_loads_weights_only(tiny_run) -> None:
+    last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**2)
+    assert checkpoint["state_dict"] and not [k for k in checkpoint["state_dict"] if k.startswith("loss.")]
+    # strict loading works: the module puts its own VGG weights back before the state dict loads
+    restored = StyleTransferModule.load_from_checkpoint(last, map_location="cpu")
+    for name, value in tiny_run.module.transformer.state_dict().items():
+        assert torch.equal(restored.transformer.state_dict()[name], value), name
+
+
+def test_tensorboard_holds_preview_and_loss_terms(tiny_run) -> None:
+    events = EventAccumulator(str(tiny_run.run_dir))
+    events.Reload()
+    assert "preview" in events.Tags()["images"]
+    assert {image.step for image in events.Images("preview")} == {0, 2, 4}
+    scalars = set(events.Tags()["scalars"])
+    expected = {"train/total", "train/content", "train/style", "train/content.relu2_2", "train/style.relu1_2",
+                "train/style.relu4_3", "train/tv", "val/total", "val/style.relu3_3", "lr-Adam"}
+    assert expected <= scalars, expected - scalars
+    assert sorted(p.name for p in (tiny_run.run_dir / "previews").iterdir()) == [
+        "step_000000.png", "step_000002.png", "step_000004.png"]
+
+
+def test_exported_model_matches_module_bit_for_bit(tiny_run) -> None:
+    assert tiny_run.model_path == tiny_run.run_dir / "the_scream.safetensors"
+    loaded, info = load_style_model(tiny_run.model_path)
+    module = tiny_run.module.transformer.eval()
+    images = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), module(images))
+    assert info["steps"] == 4 and info["style"]["name"] == "the_scream"
+    assert read_metadata(tiny_run.model_path)["loss"]["network"]["weights"] == "random"
+
+
+def test_resume_continues_step_and_optimizer_state(tiny_run, tmp_path: Path) -> None:
+    last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
+    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={last}", *HALVE_LR_EVERY_2_STEPS))
+    assert resumed.global_step == 6
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    adam = checkpoint["optimizer_states"][0]["state"]
+    assert all(int(state["step"]) == 6 for state in adam.values())  # 4 restored + 2 new Adam steps
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**3)
+
+
+class PoisonWeightsAt(pl.Callback):
+    """Sets the transformer's output bias to NaN before the batch of ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            pl_module.transformer.decoder[-1][1].bias.data.fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, default_root_dir=tmp_path, callbacks=[PoisonWeightsAt(3)])
+    module = build_module(cfg)
+    with pytest.raises(NonFiniteLossError, match="global step 3"):
+        trainer.fit(module, datamodule=_data_module(cfg["data"]))
+    assert trainer.global_step == 3  # no optimiser step ran on the non-finite loss
