@@ -62,7 +62,7 @@ def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[to
     """The step ``train.py`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
     switches = {"channels_last": cfg["trainer"]["channels_last"], "compile": compile}
     torch.manual_seed(0)  # every variant starts from the same transformer weights
-    module = StyleTransferModule(cfg["model"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
+    module = StyleTransferModule(cfg["transformer"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
                                  cfg["optimizer"], **switches).to(device)
     optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])
     bf16 = cfg["trainer"]["precision"] == "bf16-mixed"
@@ -83,9 +83,9 @@ def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch
     """The textbook step: fp32 NCHW, content through the whole VGG with autograd; VGG weights trainable
     unless ``frozen``. Same networks, same weights, same loss values as the project's step."""
     torch.manual_seed(0)
-    module = StyleTransferModule(cfg["model"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
+    module = StyleTransferModule(cfg["transformer"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
                                  cfg["optimizer"]).to(device)
-    transformer = TransformerNet(TransformerConfig(**cfg["model"])).to(device)
+    transformer = TransformerNet(TransformerConfig(**cfg["transformer"])).to(device)
     transformer.load_state_dict(module.transformer.state_dict())
     loss = module.loss
     loss.vgg.requires_grad_(not frozen)
@@ -139,7 +139,7 @@ def bench(setting: str, device: torch.device, steps: int, warmup: int, rounds: i
         for name, step in variants.items():
             timings[name].append(_time(step, batches, device))
     weights = cfg["loss"]["network"]["weights"]
-    print(f"\n== {setting}: batch {batch} x {size}^2, width {cfg['model']['width']}, "
+    print(f"\n== {setting}: batch {batch} x {size}^2, width {cfg['transformer']['width']}, "
           f"{cfg['loss']['network']['arch']} weights={weights}"
           + (" (random: timing only; the numbers do not depend on weight values)" if weights == "random" else ""))
     print("   first-step loss per variant (same model, same loss): "

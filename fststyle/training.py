@@ -160,7 +160,7 @@ def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
     cfg = _plain(cfg)
     switches = {k: bool(cfg["trainer"].get(k, False)) for k in NETWORK_SWITCHES}
-    return StyleTransferModule(transformer=cfg["model"], loss=cfg["loss"], style=_style(cfg),
+    return StyleTransferModule(transformer=cfg["transformer"], loss=cfg["loss"], style=_style(cfg),
                                image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"), **switches)
 
 

@@ -17,7 +17,7 @@ from fststyle.vgg import VGGFeatures
 
 REPO = Path(__file__).resolve().parents[1]
 #: tiny, fast settings: mechanics only (random VGG weights, 32 px crops, quarter-width network)
-TINY = ["data=sample", "model.width=0.25", "loss.network.weights=random", "data.image_size=32",
+TINY = ["data=sample", "transformer.width=0.25", "loss.network.weights=random", "data.image_size=32",
         "data.batch_size=2", "data.num_workers=0", "data.preview_size=32", "style_size=32",
         "trainer.log_every_n_steps=1", "trainer.val_check_interval=2", "checkpoint_every_n_steps=2",
         f"style={REPO / 'data/styles/the_scream.jpg'}", f"data.root={REPO / 'data/coco_sample'}",
