@@ -1,0 +1,309 @@
+"""Image I/O: decode anything a user hands us to RGB [0,1] tensors, and write results back safely.
+
+Plain PyTorch + Pillow (no Lightning, no Hydra) so it works from a notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from fststyle.files import atomic_write
+
+# Pillow raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS (= 178,956,970 pixels, about
+# 13,400 x 13,400); we keep that same ceiling as our default but raise our own error, which names the
+# file and the override. At this size the float32 RGB tensor alone takes 2.1 GB.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+
+_SAVE_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+}
+_FORMATS_WITH_ALPHA = {"PNG", "WEBP", "TIFF"}
+_SUPPORTED = "JPEG, PNG, WebP, TIFF, BMP"
+
+# Image.MAX_IMAGE_PIXELS is a process-wide setting; we lift it only while opening, under this lock,
+# and apply our own per-call limit instead.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+class ImageReadError(ValueError):
+    """A file could not be decoded as an image, or is larger than allowed; the message says how to fix it."""
+
+
+@contextlib.contextmanager
+def _pillow_bomb_check_disabled() -> Iterator[None]:
+    """Let Pillow open any size; the caller enforces `max_pixels` itself."""
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """Scale a single-channel 16/32-bit or float image to 8-bit "L" (Pillow's own convert clips)."""
+    values = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        full_scale = 65535.0
+    elif img.mode == "I":
+        # Older Pillow (and some TIFFs) hold 16-bit samples in 32-bit "I"; treat them as 16-bit.
+        full_scale = 65535.0
+    else:  # "F": float TIFFs are usually [0, 1]; otherwise assume 8- or 16-bit ranges.
+        peak = float(np.nanmax(values)) if values.size else 0.0
+        full_scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
+    scaled = np.clip(np.nan_to_num(values) * (255.0 / full_scale), 0, 255)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
+def _to_rgb_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Convert any Pillow mode to ("RGB" image, "L" alpha or None)."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _high_bit_depth_to_l(img).convert("RGB"), None
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        return rgba.convert("RGB"), rgba.getchannel("A")
+    return (img if img.mode == "RGB" else img.convert("RGB")), None
+
+
+def open_image(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, Image.Image | None]:
+    """Decode `path` (EXIF-oriented) to an "RGB" image and its "L" alpha channel (None if opaque).
+
+    Grey, palette, CMYK, LA/RGBA/PA and 16-bit/float modes are converted; 16-bit values are scaled
+    (65535 -> 255), not clipped. Raises ImageReadError for corrupt, truncated, non-image or oversized
+    files; a missing file raises FileNotFoundError.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        try:
+            with _pillow_bomb_check_disabled():
+                img = Image.open(handle)
+            pixels = img.width * img.height
+            if pixels > max_pixels:
+                raise ImageReadError(
+                    f"{path}: image is {img.width}x{img.height} = {pixels:,} pixels, more than the limit of "
+                    f"max_pixels={max_pixels:,}. If you trust this file, raise the limit: pass "
+                    f"max_pixels= to open_image/load_image, or set the config key max_pixels "
+                    f"(e.g. max_pixels={pixels})."
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_and_alpha(img)
+        except ImageReadError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
+            raise ImageReadError(
+                f"{path}: cannot read image ({type(err).__name__}: {err}). Supported formats: {_SUPPORTED}. "
+                "Fix: re-download or re-export the file (e.g. as PNG or JPEG), or remove it."
+            ) from err
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image (any mode; alpha dropped) -> float32 Tensor[3,H,W] in [0,1]."""
+    rgb, _ = _to_rgb_and_alpha(img)
+    array = np.array(rgb, dtype=np.uint8)  # copy: torch wants a writable buffer
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def _as_chw(image: torch.Tensor) -> torch.Tensor:
+    """Tensor[3,H,W] or Tensor[1,3,H,W] -> Tensor[3,H,W] (float32, CPU)."""
+    if image.dim() == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image tensor of shape 3,H,W or 1,3,H,W; got {tuple(image.shape)}")
+    return image.detach().to(device="cpu", dtype=torch.float32)
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """Tensor[3,H,W] or [1,3,H,W] in [0,1] -> "RGB" PIL image (clamped, rounded; NaN -> 0)."""
+    chw = _as_chw(image).nan_to_num(0.0).clamp(0.0, 1.0)
+    array = chw.mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(array)
+
+
+def _resized(img: Image.Image, size: int | tuple[int, int] | None) -> Image.Image:
+    """Resize so the longer side is `size` (int), to exactly (H, W) (tuple), or not at all (None)."""
+    if size is None:
+        return img
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        scale = size / max(img.width, img.height)
+        target = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    else:
+        height, width = size
+        if height <= 0 or width <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        target = (int(width), int(height))
+    if target == img.size:
+        return img
+    # Pillow's bicubic widens its kernel when shrinking, i.e. it is antialiased.
+    return img.resize(target, Image.Resampling.BICUBIC)
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: int | tuple[int, int] | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Read an image as Tensor[1,3,H,W] in [0,1]; int `size` = longer side, (H, W) = exact, None = as is."""
+    rgb, _ = open_image(path, max_pixels=max_pixels)
+    return pil_to_tensor(_resized(rgb, size)).unsqueeze(0)
+
+
+def _alpha_to_pil(alpha: Image.Image | torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """Alpha as PIL "L" or Tensor[1,H,W]/[H,W] in [0,1] -> "L" image of `size` (W, H)."""
+    if isinstance(alpha, torch.Tensor):
+        plane = alpha.detach().float().cpu().reshape(alpha.shape[-2], alpha.shape[-1])
+        if alpha.numel() != plane.numel():
+            raise ValueError(f"alpha must be a single channel (1,H,W or H,W); got {tuple(alpha.shape)}")
+        array = plane.nan_to_num(0.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+        alpha = Image.fromarray(array)
+    alpha = alpha.convert("L")
+    # A stylised image may come back at a different size than its source; stretch the mask to fit.
+    return alpha if alpha.size == size else alpha.resize(size, Image.Resampling.BICUBIC)
+
+
+def save_image(
+    image: torch.Tensor | Image.Image,
+    path: str | os.PathLike,
+    *,
+    alpha: Image.Image | torch.Tensor | None = None,
+    quality: int = 95,
+) -> Path:
+    """Write a [0,1] Tensor[3,H,W]/[1,3,H,W] or PIL image atomically; the format follows the suffix.
+
+    `alpha` is attached for PNG, WebP and TIFF and dropped for JPEG and BMP. A PIL image's own alpha
+    is kept unless `alpha` is given. Returns the written path.
+    """
+    path = Path(path)
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: unknown image suffix {path.suffix!r}; use one of {sorted(_SAVE_FORMATS)}"
+        )
+    if isinstance(image, Image.Image):
+        rgb, own_alpha = _to_rgb_and_alpha(image)
+        alpha = own_alpha if alpha is None else alpha
+    else:
+        rgb = tensor_to_pil(image)
+    out = rgb
+    if alpha is not None and fmt in _FORMATS_WITH_ALPHA:
+        out = rgb.copy()
+        out.putalpha(_alpha_to_pil(alpha, rgb.size))
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_write(path) as tmp:
+        out.save(tmp, format=fmt, **options)
+    return path
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """All image files under `folder` (recursive, sorted); hidden files and folders are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    found = []
+    for path in folder.rglob("*"):
+        relative_parts = path.relative_to(folder).parts
+        # Skips macOS "._x.jpg" resource forks, .ipynb_checkpoints and our own atomic-write temp files.
+        if any(part.startswith(".") for part in relative_parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at `size` px (the fixed bitmap font on Pillow < 10.1 or without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _cell_image(cell: torch.Tensor | Image.Image | None, height: int) -> Image.Image | None:
+    """A grid cell as an RGB PIL image of the given height (aspect kept); None stays empty."""
+    if cell is None:
+        return None
+    img = _to_rgb_and_alpha(cell)[0] if isinstance(cell, Image.Image) else tensor_to_pil(cell)
+    width = max(1, round(img.width * height / img.height))
+    return img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def labelled_grid(
+    rows: Sequence[Sequence[torch.Tensor | Image.Image | None]],
+    *,
+    col_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    cell_height: int = 256,
+    pad: int = 4,
+) -> Image.Image:
+    """Lay out images (Tensor[3,H,W]/[1,3,H,W] or PIL; None = blank) in a white grid with text labels.
+
+    Every cell is scaled to `cell_height` keeping its aspect; a column is as wide as its widest cell
+    (or label) and narrower cells are centred. Column labels form a header row, row labels a left column.
+    """
+    n_rows = len(rows)
+    n_cols = max((len(row) for row in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("labelled_grid needs at least one cell")
+    if col_labels is not None and len(col_labels) != n_cols:
+        raise ValueError(f"got {len(col_labels)} col_labels for {n_cols} columns")
+    if row_labels is not None and len(row_labels) != n_rows:
+        raise ValueError(f"got {len(row_labels)} row_labels for {n_rows} rows")
+
+    font = _font(max(12, cell_height // 16))
+
+    def text_size(text: str) -> tuple[int, int]:
+        left, top, right, bottom = font.getbbox(text)
+        return right - left, bottom - top
+
+    cells = [[_cell_image(cell, cell_height) for cell in row] for row in rows]
+    col_widths = []
+    for col in range(n_cols):
+        widths = [row[col].width for row in cells if col < len(row) and row[col] is not None]
+        if col_labels is not None:
+            widths.append(text_size(col_labels[col])[0])
+        col_widths.append(max(widths, default=cell_height))
+    header_height = max(text_size(label)[1] for label in col_labels) + 2 * pad if col_labels else 0
+    label_width = max(text_size(label)[0] for label in row_labels) + 2 * pad if row_labels else 0
+
+    width = label_width + sum(col_widths) + pad * (n_cols + 1)
+    height = header_height + n_rows * cell_height + pad * (n_rows + 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    col_lefts = [label_width + pad + sum(col_widths[:c]) + pad * c for c in range(n_cols)]
+
+    for col, label in enumerate(col_labels or []):
+        text_width = text_size(label)[0]
+        draw.text((col_lefts[col] + (col_widths[col] - text_width) // 2, pad), label, fill="black", font=font)
+    for r, row in enumerate(cells):
+        top = header_height + pad + r * (cell_height + pad)
+        if row_labels:
+            text_height = text_size(row_labels[r])[1]
+            draw.text((pad, top + (cell_height - text_height) // 2), row_labels[r], fill="black", font=font)
+        for col, img in enumerate(row):
+            if img is not None:
+                canvas.paste(img, (col_lefts[col] + (col_widths[col] - img.width) // 2, top))
+    return canvas

@@ -1,0 +1,178 @@
+"""Datasets and DataModule on real COCO-layout folders and real image files."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fststyle import data, images
+from fststyle.data import (
+    CocoImages,
+    ImageFolderImages,
+    PreviewImages,
+    StyleDataModule,
+    UnreadableImageWarning,
+)
+
+
+def assert_crops(dataset, size, count=3):
+    for index in range(min(count, len(dataset))):
+        crop = dataset[index]
+        assert crop.shape == (3, size, size) and crop.dtype == torch.float32
+        assert 0.0 <= crop.min() and crop.max() <= 1.0 and crop.std() > 0.01
+
+
+def test_coco_sample_bundled(bundled_data):
+    dataset = CocoImages(bundled_data / "coco_sample", image_size=256)
+    assert len(dataset) == 40
+    assert dataset.image_ids == sorted(dataset.image_ids)
+    assert all(path.is_file() for path in dataset.paths)
+    assert_crops(dataset, 256)
+
+
+def test_coco128_shared(shared_data):
+    if not (shared_data / "coco128" / "annotations").is_dir():
+        pytest.skip("coco128 not in shared data")
+    dataset = CocoImages(shared_data / "coco128", "train2017", image_size=128, max_images=10)
+    assert len(dataset) == 10
+    assert dataset.paths[0].name == "000000000009.jpg"
+    assert_crops(dataset, 128)
+
+
+def test_train2014_layout(tmp_path, tiny_jpegs):
+    (tmp_path / "train2014").mkdir()
+    entries = []
+    for image_id, source in zip((42, 7), tiny_jpegs[:2], strict=True):
+        name = f"COCO_train2014_{image_id:012d}.jpg"
+        (tmp_path / "train2014" / name).write_bytes(source.read_bytes())
+        entries.append({"id": image_id, "file_name": name, "width": 1, "height": 1})
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_train2014.json").write_text(
+        json.dumps({"images": entries, "annotations": [], "categories": []})
+    )
+    dataset = CocoImages(tmp_path, split="train2014", image_size=32)
+    assert dataset.image_ids == [7, 42]
+    assert [p.name for p in dataset.paths] == ["COCO_train2014_000000000007.jpg", "COCO_train2014_000000000042.jpg"]
+    assert_crops(dataset, 32)
+
+
+def test_missing_annotations_explain_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError, match="instances_train2017.json") as caught:
+        CocoImages(tmp_path)
+    assert "data/README.md" in str(caught.value)
+
+
+def make_mixed_folder(folder, tiny_jpegs):
+    """A grey PNG, a CMYK JPEG, a normal JPEG and a truncated (corrupt) JPEG."""
+    folder.mkdir()
+    Image.open(tiny_jpegs[0]).convert("L").save(folder / "a_grey.png")
+    Image.open(tiny_jpegs[1]).convert("CMYK").save(folder / "b_cmyk.jpg")
+    (folder / "c_photo.jpg").write_bytes(tiny_jpegs[2].read_bytes())
+    data_bytes = tiny_jpegs[2].read_bytes()
+    (folder / "d_corrupt.jpg").write_bytes(data_bytes[: len(data_bytes) // 3])
+
+
+def test_folder_skips_corrupt_with_one_warning(tmp_path, tiny_jpegs):
+    make_mixed_folder(tmp_path / "mixed", tiny_jpegs)
+    dataset = ImageFolderImages(tmp_path / "mixed", image_size=24)
+    assert len(dataset) == 4
+    assert_crops(dataset, 24, count=3)  # grey, CMYK and the photo all decode
+    with pytest.warns(UnreadableImageWarning, match="d_corrupt.jpg"):
+        assert dataset[3] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dataset[3] is None  # warned once per file, not every epoch
+
+
+def test_collate_counts_skipped(tmp_path, tiny_jpegs):
+    make_mixed_folder(tmp_path / "mixed", tiny_jpegs)
+    dataset = ImageFolderImages(tmp_path / "mixed", image_size=24)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=data.collate_skipping_bad)
+    with pytest.warns(UnreadableImageWarning):
+        batch, skipped = next(iter(loader))
+    assert batch.shape == (3, 3, 24, 24) and skipped == 1
+    empty, skipped = data.collate_skipping_bad([None, None], image_size=24)
+    assert empty.shape == (0, 3, 24, 24) and skipped == 2
+
+
+def test_fast_decoder_matches_pillow(tmp_path, tiny_jpegs):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(tiny_jpegs[0]).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (2, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    Image.open(tiny_jpegs[1]).save(tmp_path / "photo.tif")
+    for name in ("rotated.jpg", "ramp16.png", "photo.tif"):
+        fast = data.read_rgb_uint8(tmp_path / name)
+        reference = images.pil_to_tensor(images.open_image(tmp_path / name)[0]).mul(255).round()
+        assert fast.dtype == torch.uint8 and fast.shape == reference.shape, name
+        assert (fast.float() - reference).abs().mean() < 2.0, name
+
+
+def test_fast_decoder_bomb_guard(tiny_jpegs):
+    with pytest.raises(images.ImageReadError, match="max_pixels"):
+        data.read_rgb_uint8(tiny_jpegs[0], max_pixels=100)
+
+
+def test_preview_images_centre_crop(bundled_data):
+    paths = images.list_images(bundled_data / "preview")
+    assert len(paths) == 4
+    previews = PreviewImages(paths, size=64)
+    assert len(previews) == 4 and previews.paths == paths
+    assert all(previews[i].shape == (3, 64, 64) for i in range(4))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_datamodule_loaders(bundled_data, num_workers):
+    module = StyleDataModule(
+        bundled_data / "coco_sample",
+        image_size=64,
+        batch_size=4,
+        num_workers=num_workers,
+        preview=images.list_images(bundled_data / "preview")[:3],
+        preview_size=48,
+        max_images=10,
+    )
+    assert module.hparams.batch_size == 4
+    train = module.train_dataloader()
+    assert len(train) == 2  # 10 images, batches of 4, last partial batch dropped
+    assert train.persistent_workers == (num_workers > 0)
+    assert train.pin_memory == torch.cuda.is_available()
+    batches = list(train)
+    assert len(batches) == 2
+    for batch, skipped in batches:
+        assert batch.shape == (4, 3, 64, 64) and skipped == 0
+    (preview,) = list(module.val_dataloader())
+    assert isinstance(preview, torch.Tensor) and preview.shape == (3, 3, 48, 48)
+
+
+def test_datamodule_folder_kind_without_previews(tmp_path, tiny_jpegs):
+    module = StyleDataModule(tmp_path / "jpegs", kind="folder", image_size=16, batch_size=3, num_workers=0)
+    (batch, skipped), = list(module.train_dataloader())
+    assert batch.shape == (3, 3, 16, 16) and skipped == 0
+    assert module.val_dataloader() == []
+    with pytest.raises(ValueError, match="kind"):
+        StyleDataModule(tmp_path, kind="lmdb")
+
+
+def test_decode_once_cache(tmp_path, tiny_jpegs):
+    cache = tmp_path / "cache"
+    dataset = ImageFolderImages(tmp_path / "jpegs", image_size=40, cache_dir=cache)
+    first = [dataset[i] for i in range(3)]
+    entries = sorted(cache.rglob("*.npy"))
+    assert len(entries) == 3
+    assert sorted(tuple(np.load(e).shape) for e in entries) == [(3, 40, 40), (3, 40, 53), (3, 72, 40)]
+    source = tiny_jpegs[2]
+    stat = source.stat()
+    source.write_bytes(b"x" * stat.st_size)  # garbage, but same size and mtime: still served from the cache
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert dataset[2].shape == (3, 40, 40)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a changed file gets a new key
+    with pytest.warns(UnreadableImageWarning, match="photo_2.jpg"):
+        assert dataset[2] is None
+    entries[0].write_bytes(b"damaged cache entry")  # unreadable cache entries are rebuilt
+    assert all(dataset[i].shape == first[i].shape for i in range(2))
