@@ -1,6 +1,13 @@
 """One loss stack for both engines: pure functions and the modules built from them."""
 
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
+from fststyle.losses.mrf import (
+    MRFStyleLoss,
+    augmented_styles,
+    extract_patches,
+    nearest_patches,
+    normalise_patches,
+)
 from fststyle.losses.perceptual import (
     STYLE_LOSSES,
     GramStyleLoss,
@@ -8,14 +15,26 @@ from fststyle.losses.perceptual import (
     StyleLoss,
     blend_weights,
 )
+from fststyle.losses.spatial import SpatialGramStyleLoss, masked_gram_matrix, resize_mask
+
+STYLE_LOSSES["mrf"] = MRFStyleLoss
+STYLE_LOSSES["spatial_gram"] = SpatialGramStyleLoss
 
 __all__ = [
     "STYLE_LOSSES",
     "GramStyleLoss",
+    "MRFStyleLoss",
     "PerceptualLoss",
+    "SpatialGramStyleLoss",
     "StyleLoss",
+    "augmented_styles",
     "blend_weights",
+    "extract_patches",
     "feature_mse",
     "gram_matrix",
+    "masked_gram_matrix",
+    "nearest_patches",
+    "normalise_patches",
+    "resize_mask",
     "total_variation",
 ]

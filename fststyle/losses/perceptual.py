@@ -42,6 +42,11 @@ class StyleLoss(nn.Module):
     def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], **options: Any) -> None:
         raise NotImplementedError
 
+    def set_targets_from_images(self, vgg: VGGFeatures, images: Sequence[torch.Tensor], blend: Sequence[float],
+                                **options: Any) -> None:
+        """Targets from style images 1,3,H,W: one VGG pass each (the MRF loss adds rotated / scaled copies)."""
+        self.set_targets([vgg(image, self.layers) for image in images], blend, **options)
+
     def forward(self, features: Features) -> Features:
         raise NotImplementedError
 
@@ -113,8 +118,7 @@ class PerceptualLoss(nn.Module):
         images = [images] if isinstance(images, torch.Tensor) else list(images)
         weights = blend_weights(len(images), blend)
         device = self.vgg.mean.device
-        features = [self.vgg(image.to(device), self.style.layers) for image in images]
-        self.style.set_targets(features, weights, **options)
+        self.style.set_targets_from_images(self.vgg, [image.to(device) for image in images], weights, **options)
         self._style_ready = True
 
     @torch.no_grad()

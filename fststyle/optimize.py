@@ -1,0 +1,415 @@
+"""The optimisation engine (slow path): optimise the pixels of one image against a ``PerceptualLoss``.
+
+Gatys, Ecker & Bethge 2016 ("Image Style Transfer Using Convolutional Neural Networks") with the Gram loss,
+Li & Wand 2016 (CNNMRF) with the MRF loss; coarse-to-fine pyramid (CNNMRF), several styles with blend weights,
+colour preservation and spatial masks (Gatys et al. 2017). The core is plain PyTorch; ``run(cfg)`` is the thin
+Hydra adapter behind ``python infer.py engine=gatys|mrf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fststyle.color import match_luminance, preserve_colors
+from fststyle.losses import GramStyleLoss, PerceptualLoss, SpatialGramStyleLoss
+
+#: Adam's step on [0,1] pixels: neural-style's -learning_rate 1e1 on its 0-255 pixel scale (Johnson 2015,
+#: jcjohnson/neural-style), divided by 256. L-BFGS takes torch's default lr=1: the line search sizes the step.
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 10.0 / 256}
+INITS = ("content", "noise", "style")
+#: neural-style's LBFGS runs with tolX = tolFun = -1: a fixed iteration count, no early stop on a plateau.
+#: We stop only when the gradient or the step is exactly zero.
+LBFGS_TOLERANCE = 0.0
+
+Callback = Callable[[int, torch.Tensor, dict[str, float]], None]
+
+
+@dataclass
+class OptimizeSettings:
+    """How one image is optimised; ``settings_from_config`` builds it from an ``engine`` config."""
+
+    steps: int = 500  # iterations per pyramid level (L-BFGS iterations or Adam steps)
+    optimizer: str = "lbfgs"  # lbfgs | adam
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    history_size: int = 100  # L-BFGS memory (torch's default)
+    init: str = "content"  # content | noise | style | path to an image
+    image_size: int = 512  # longer side of the result, px
+    style_scale: float = 1.0  # style image's longer side = style_scale * the current level's longer side
+    pyramid_levels: int = 1  # 1 = no pyramid; CNNMRF uses 3
+    pyramid_ratio: float = 0.5  # size ratio between neighbouring levels (CNNMRF: 0.5)
+    level_steps: list[int] | None = None  # per level, coarse to fine; None: ``steps`` at every level
+    seed: int = 0
+    save_every: int = 0  # write an intermediate image every N steps (0: never)
+    save_dir: str | None = None  # where intermediate images go
+    preserve_color: bool = False
+    tensorboard: str | None = None  # a log dir for torch.utils.tensorboard, or None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in DEFAULT_LR:
+            raise ValueError(f"optimizer must be one of {sorted(DEFAULT_LR)}, got {self.optimizer!r}")
+        if self.steps < 1 or self.image_size < 16 or self.pyramid_levels < 1:
+            raise ValueError("steps and pyramid_levels must be >= 1 and image_size >= 16 px")
+        if not 0 < self.pyramid_ratio < 1:
+            raise ValueError(f"pyramid_ratio must be in (0, 1), got {self.pyramid_ratio}")
+        if self.level_steps is not None and len(self.level_steps) != self.pyramid_levels:
+            raise ValueError(f"level_steps has {len(self.level_steps)} entries for {self.pyramid_levels} "
+                             "pyramid levels; give one step count per level")
+        if self.save_every and not self.save_dir:
+            raise ValueError("save_every needs save_dir (the folder for intermediate images)")
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
+
+    def steps_per_level(self) -> list[int]:
+        return list(self.level_steps) if self.level_steps is not None else [self.steps] * self.pyramid_levels
+
+
+@dataclass
+class OptimizationResult:
+    """image 1,3,H,W in [0,1]; history: loss terms per step (plus ``level`` and ``step``); wall time; peak memory
+    (CUDA allocator peak; None on CPU, where ``bench/optimize.py`` measures process RSS instead)."""
+
+    image: torch.Tensor
+    history: list[dict[str, float]]
+    seconds: float
+    peak_memory_bytes: int | None
+    final_terms: dict[str, float] = field(default_factory=dict)
+    evaluations: int = 0
+
+
+def settings_from_config(engine_cfg: Mapping[str, Any]) -> OptimizeSettings:
+    """An ``engine`` config (conf/engine/gatys.yaml) -> settings; ``name`` and ``loss`` are not settings."""
+    known = {f.name for f in dataclasses.fields(OptimizeSettings)}
+    values = {k: v for k, v in dict(engine_cfg).items() if k not in ("name", "loss")}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown optimisation settings {unknown}; valid keys: {sorted(known)}")
+    if values.get("level_steps") is not None:
+        values["level_steps"] = [int(s) for s in values["level_steps"]]
+    return OptimizeSettings(**values)
+
+
+def build_loss(engine_cfg: Mapping[str, Any]) -> PerceptualLoss:
+    """The engine's ``loss`` config (same keys as conf/loss/) -> a ``PerceptualLoss`` on CPU."""
+    if engine_cfg.get("loss") is None:
+        raise ValueError("the engine config has no 'loss' section (see conf/engine/gatys.yaml)")
+    return PerceptualLoss.from_config(engine_cfg["loss"])
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """N,C,H,W -> N,C,h,w, antialiased bicubic (bilinear for masks is not needed: masks are area-resized)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def longer_side_size(height: int, width: int, longer: int) -> tuple[int, int]:
+    """(H, W) scaled so that the longer side is ``longer`` px."""
+    scale = longer / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def pyramid_sizes(height: int, width: int, settings: OptimizeSettings) -> list[tuple[int, int]]:
+    """Image sizes from coarse to fine; the finest has longer side ``image_size``."""
+    levels = settings.pyramid_levels
+    longer = [round(settings.image_size * settings.pyramid_ratio ** (levels - 1 - i)) for i in range(levels)]
+    return [longer_side_size(height, width, side) for side in longer]
+
+
+def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
+    """1,1,H,W or 1,3,H,W (grey as RGB) in [0,1] -> 1,1,H,W."""
+    if mask.dim() != 4 or mask.shape[0] != 1 or mask.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have shape 1,1,H,W or 1,3,H,W, got {tuple(mask.shape)}")
+    return mask.float().mean(dim=1, keepdim=True)
+
+
+def _spatial_loss(loss: PerceptualLoss) -> PerceptualLoss:
+    """The same loss with a per-region Gram style term (shares the VGG)."""
+    if isinstance(loss.style, SpatialGramStyleLoss):
+        return loss
+    if not isinstance(loss.style, GramStyleLoss):
+        raise ValueError(f"content_masks need the Gram style loss (engine=gatys); this loss uses "
+                         f"{type(loss.style).__name__}")
+    return PerceptualLoss(loss.vgg, loss.content_layers, SpatialGramStyleLoss(loss.style.layer_weights),
+                          content_weight=loss.content_weight, style_weight=loss.style_weight,
+                          tv_weight=loss.tv_weight)
+
+
+def _initial_image(settings: OptimizeSettings, content: torch.Tensor, styles: Sequence[torch.Tensor],
+                   generator: torch.Generator) -> torch.Tensor:
+    size = tuple(content.shape[-2:])
+    if settings.init == "content":
+        return content.clone()
+    if settings.init == "noise":  # white noise, as Gatys et al. 2016 start from
+        return torch.rand(content.shape, generator=generator).to(content.device)
+    if settings.init == "style":
+        return resize(styles[0], size)
+    path = Path(settings.init)
+    if not path.is_file():
+        raise FileNotFoundError(f"init={settings.init!r} is neither one of {INITS} nor an existing image file")
+    from fststyle.images import load_image
+
+    return load_image(path, size).to(content.device)
+
+
+def _scalars(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+class _Recorder:
+    """Per-step bookkeeping: history, progress bar, intermediate images, TensorBoard, user callback."""
+
+    def __init__(self, settings: OptimizeSettings, total_steps: int, progress: bool, callback: Callback | None,
+                 colour_source: torch.Tensor | None) -> None:
+        self.settings, self.callback, self.colour_source = settings, callback, colour_source
+        self.history: list[dict[str, float]] = []
+        self.step = 0
+        self.evaluations = 0
+        self.bar = tqdm(total=total_steps, desc="optimise", unit="step", disable=not progress)
+        self.writer = None
+        if settings.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(settings.tensorboard)
+
+    def viewable(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.detach().clamp(0, 1)
+        if self.colour_source is not None:
+            image = preserve_colors(image, resize(self.colour_source, tuple(image.shape[-2:])))
+        return image
+
+    def record(self, level: int, image: torch.Tensor, terms: dict[str, float], advance: bool) -> None:
+        """Log the terms of the image reached after ``self.step`` steps (``advance``: one more step was taken)."""
+        if advance:
+            self.step += 1
+            self.bar.update(1)
+        self.history.append({"level": level, "step": self.step, **terms})
+        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in ("content", "style", "tv", "total")}, refresh=False)
+        if self.writer is not None:
+            for name, value in terms.items():
+                self.writer.add_scalar(f"optimize/{name}", value, self.step)
+        every = self.settings.save_every
+        if advance and every and self.step % every == 0:
+            from fststyle.images import save_image
+
+            picture = self.viewable(image)
+            save_image(picture, Path(self.settings.save_dir) / f"step_{self.step:05d}.png")
+            if self.writer is not None:
+                self.writer.add_image("optimize/image", picture[0].cpu(), self.step)
+        if self.callback is not None:
+            self.callback(self.step, image.detach(), terms)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _run_lbfgs(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
+               recorder: _Recorder) -> None:
+    """L-BFGS with a strong-Wolfe line search; ``steps`` iterations in one ``step()`` call (no re-evaluations).
+
+    Each iteration's terms are those of its last function evaluation (the point the line search accepted)."""
+    optimizer = torch.optim.LBFGS([x], lr=settings.learning_rate, max_iter=steps, max_eval=steps * 2,
+                                  history_size=settings.history_size, line_search_fn="strong_wolfe",
+                                  tolerance_grad=LBFGS_TOLERANCE, tolerance_change=LBFGS_TOLERANCE)
+    pending: list[Any] = []  # [iteration, image, terms] of the latest evaluation, not yet recorded
+
+    def flush() -> None:
+        iteration, image, terms = pending.pop()
+        recorder.record(level, image, terms, advance=iteration > 0)
+
+    def closure() -> torch.Tensor:
+        iteration = optimizer.state[x].get("n_iter", 0)
+        if pending and pending[0][0] != iteration:
+            flush()
+        optimizer.zero_grad(set_to_none=False)
+        terms = loss(x)
+        terms["total"].backward()
+        recorder.evaluations += 1
+        pending[:] = [(iteration, x.detach().clone(), _scalars(terms))]
+        return terms["total"]
+
+    optimizer.step(closure)
+    if pending:
+        flush()
+
+
+def _run_adam(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
+              recorder: _Recorder) -> None:
+    """Adam (Kingma & Ba 2015) with torch's betas; pixels are projected back to [0,1] after every step."""
+    optimizer = torch.optim.Adam([x], lr=settings.learning_rate)
+    for step in range(steps + 1):
+        optimizer.zero_grad(set_to_none=False)
+        terms = loss(x)
+        recorder.evaluations += 1
+        recorder.record(level, x, _scalars(terms), advance=step > 0)
+        if step == steps:
+            break
+        terms["total"].backward()
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+
+
+def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: PerceptualLoss,
+                   settings: OptimizeSettings, *, style_blend: Sequence[float] | None = None,
+                   content_masks: Sequence[torch.Tensor] | None = None,
+                   style_masks: Sequence[torch.Tensor] | None = None, progress: bool = True,
+                   callback: Callback | None = None) -> OptimizationResult:
+    """Optimise an image of ``content`` 1,3,H,W toward ``styles`` (each 1,3,h,w, any size) under ``loss``.
+
+    The result has the content's aspect ratio and longer side ``settings.image_size``. ``content_masks`` (one
+    1,1,H,W mask per style, white = region) bind each content region to one style; ``style_masks`` restrict
+    each style to one of its own regions. ``callback(step, image, terms)`` runs after every step.
+    """
+    styles = list(styles)
+    if content.dim() != 4 or content.shape[:2] != (1, 3):
+        raise ValueError(f"content must have shape 1,3,H,W, got {tuple(content.shape)}")
+    if not styles:
+        raise ValueError("give at least one style image")
+    if style_masks is not None and content_masks is None:
+        raise ValueError("style_masks need content_masks: each content region is bound to a style region")
+    options: dict[str, Any] = {}
+    if content_masks is not None:
+        if style_blend is not None:
+            raise ValueError("style_blend and content_masks exclude each other: with masks, each region gets "
+                             "its own style")
+        if len(content_masks) != len(styles):
+            raise ValueError(f"got {len(styles)} styles but {len(content_masks)} content masks; give one mask per "
+                             "style (white = where that style goes)")
+        options["content_masks"] = [_as_mask(m, f"content_masks[{i}]") for i, m in enumerate(content_masks)]
+        if style_masks is not None:
+            if len(style_masks) != len(styles):
+                raise ValueError(f"got {len(styles)} styles but {len(style_masks)} style masks; give one per style")
+            options["style_masks"] = [_as_mask(m, f"style_masks[{i}]") for i, m in enumerate(style_masks)]
+        loss = _spatial_loss(loss)
+
+    device = loss.vgg.mean.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(settings.seed)
+    sizes = pyramid_sizes(content.shape[-2], content.shape[-1], settings)
+    full_content = resize(content.float().to(device), sizes[-1])
+    target_content, target_styles = full_content, [s.float().to(device) for s in styles]
+    if settings.preserve_color:  # luminance-only transfer (Gatys et al. 2017 §5.1)
+        target_styles = [match_luminance(s, full_content) for s in target_styles]
+        target_content = match_luminance(full_content, full_content)
+    steps = settings.steps_per_level()
+    recorder = _Recorder(settings, sum(steps), progress, callback,
+                         full_content if settings.preserve_color else None)
+    image = None
+    try:
+        for level, (size, level_steps) in enumerate(zip(sizes, steps, strict=True)):
+            level_content = resize(target_content, size)
+            style_side = max(16, round(settings.style_scale * max(size)))
+            level_styles = [resize(s, longer_side_size(*s.shape[-2:], style_side)) for s in target_styles]
+            loss.set_content(level_content)
+            loss.set_style(level_styles, style_blend, **options)
+            start = (_initial_image(settings, level_content, level_styles, generator) if image is None
+                     else resize(image, size))
+            x = start.detach().to(device).contiguous().requires_grad_(True)
+            run_level = _run_lbfgs if settings.optimizer == "lbfgs" else _run_adam
+            run_level(x, loss, level_steps, settings, level, recorder)
+            image = x.detach()
+        with torch.no_grad():
+            final_terms = _scalars(loss(image))
+    finally:
+        recorder.close()
+    result = image.clamp(0, 1)
+    if settings.preserve_color:
+        result = preserve_colors(result, full_content)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return OptimizationResult(image=result.cpu(), history=recorder.history, seconds=seconds,
+                              peak_memory_bytes=peak, final_terms=final_terms, evaluations=recorder.evaluations)
+
+
+def _paths(value: Any, what: str) -> list[Path]:
+    """A config value (one path or a list of paths) -> existing files, or a clear error naming the fix."""
+    items = [value] if isinstance(value, (str, Path)) else list(value)
+    paths = [Path(str(item)) for item in items]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} file not found: {path}. Fix: pass {what}=/path/to/image.jpg "
+                                    f"(a list for several: {what}='[a.jpg,b.jpg]')")
+    return paths
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: Any) -> int:
+    """Hydra adapter for ``python infer.py engine=gatys|mrf content=... style=... output=...``."""
+    from omegaconf import OmegaConf
+
+    from fststyle.files import atomic_write_json
+    from fststyle.images import load_image, save_image
+
+    for key in ("content", "style", "output"):
+        if cfg.get(key) is None:
+            raise ValueError(f"engine={cfg.engine.name} needs {key}=...: e.g. python infer.py engine="
+                             f"{cfg.engine.name} content=photo.jpg style=painting.jpg output=out.png")
+    engine = OmegaConf.to_container(cfg.engine, resolve=True)
+    output = Path(cfg.output)
+    settings = settings_from_config(engine)
+    settings = dataclasses.replace(settings, preserve_color=bool(cfg.preserve_color), seed=int(cfg.seed),
+                                   save_dir=settings.save_dir or str(output.with_name(output.stem + "_steps")))
+    content_path = _paths(cfg.content, "content")[0]
+    style_paths = _paths(cfg.style, "style")
+    mask_paths = _paths(cfg.content_masks, "content_masks") if cfg.get("content_masks") is not None else None
+    style_mask_paths = _paths(cfg.style_masks, "style_masks") if cfg.get("style_masks") is not None else None
+    for what, paths in (("content_masks", mask_paths), ("style_masks", style_mask_paths)):
+        if paths is not None and len(paths) != len(style_paths):
+            raise ValueError(f"got {len(style_paths)} styles but {len(paths)} {what}: give one mask per style, "
+                             f"in the same order, e.g. style='[sky.jpg,sea.jpg]' {what}='[sky.png,sea.png]'")
+    blend = list(cfg.style_blend) if cfg.get("style_blend") is not None else None
+
+    device = _device(str(cfg.device))
+    loss = build_loss(engine).to(device)
+    content = load_image(content_path, settings.image_size)
+    style_side = max(16, round(settings.style_scale * settings.image_size))
+    styles = [load_image(path, style_side) for path in style_paths]
+    masks = [load_image(path) for path in mask_paths] if mask_paths else None
+    style_masks = [load_image(path) for path in style_mask_paths] if style_mask_paths else None
+    result = optimize_image(content, styles, loss, settings, style_blend=blend, content_masks=masks,
+                            style_masks=style_masks)
+    save_image(result.image, output)
+    report = {
+        "engine": cfg.engine.name,
+        "content": str(content_path),
+        "style": [str(p) for p in style_paths],
+        "style_blend": blend,
+        "content_masks": [str(p) for p in mask_paths] if mask_paths else None,
+        "style_masks": [str(p) for p in style_mask_paths] if style_mask_paths else None,
+        "device": str(device),
+        "settings": dataclasses.asdict(settings),
+        "loss": engine["loss"],
+        "seconds": result.seconds,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "evaluations": result.evaluations,
+        "start": result.history[0] if result.history else {},
+        "final": result.final_terms,
+        "history": result.history,
+    }
+    atomic_write_json(output.with_suffix(".json"), report)
+    print(f"wrote {output} and {output.with_suffix('.json').name} ({result.seconds:.1f} s, "
+          f"final loss {result.final_terms.get('total', float('nan')):.4g})")
+    return 0
+
+
+__all__ = ["OptimizationResult", "OptimizeSettings", "build_loss", "optimize_image", "run", "settings_from_config"]
