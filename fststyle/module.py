@@ -1,0 +1,184 @@
+"""Lightning training module: the Johnson transformer trained against the shared ``PerceptualLoss``.
+
+Hyper-parameters are plain Python containers, so a checkpoint loads with ``torch.load(weights_only=True)``
+and ``fststyle.export`` can turn it into a style model. The frozen VGG is not stored in checkpoints: it
+is rebuilt from the loss config, and its current weights are put back before the state dict loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
+from fststyle.losses import PerceptualLoss
+from fststyle.transformer import TransformerConfig, TransformerNet
+
+#: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
+DEFAULT_LR = 1e-3
+SCHEDULES = ("none", "cosine", "step")
+LOSS_PREFIX = "loss."
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; raised before the optimiser step so no weights are poisoned."""
+
+
+class StyleTransferModule(pl.LightningModule):
+    """Trains ``transformer`` (N,3,H,W -> N,3,H,W in [0,1]) to minimise ``loss`` for one style (or a blend).
+
+    Args (all plain containers, saved as hyper-parameters):
+        transformer: ``TransformerConfig`` fields, e.g. ``{"width": 1.0, "residual_blocks": 5}``.
+        loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights).
+        style: ``{"name", "paths", "blend", "size"}``; the images are read from ``paths`` with their longer
+            side resized to ``size`` (None: as is), and the style targets are computed once, here.
+        image_size: side of the square training crops (recorded in exported models' metadata).
+        optimizer: ``{"lr", "schedule": none|cosine|step, "step_size", "gamma", "min_lr"}``.
+        channels_last: keep transformer, VGG and batches in NHWC memory format (GPU tensor cores).
+        compile: ``torch.compile`` the transformer and the VGG in place (state-dict keys unchanged).
+    """
+
+    def __init__(self, transformer: dict[str, Any], loss: dict[str, Any], style: dict[str, Any],
+                 image_size: int, optimizer: dict[str, Any] | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:
+        super().__init__()
+        optimizer = {"lr": DEFAULT_LR, "schedule": "none", **(optimizer or {})}
+        if optimizer["schedule"] not in SCHEDULES:
+            raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {optimizer['schedule']!r}")
+        self.save_hyperparameters({"transformer": dict(transformer), "loss": dict(loss), "style": dict(style),
+                                   "image_size": int(image_size), "optimizer": optimizer,
+                                   "channels_last": bool(channels_last), "compile": bool(compile)})
+        self.transformer = TransformerNet(TransformerConfig(**transformer))
+        self.loss = PerceptualLoss.from_config(loss)
+        #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
+        self.style_images = [load_image(path, size=style.get("size")) for path in style["paths"]]
+        self.loss.set_style(self.style_images, style.get("blend"))
+        self.channels_last = channels_last
+        if channels_last:
+            self.transformer.to(memory_format=torch.channels_last)
+            self.loss.vgg.to(memory_format=torch.channels_last)
+        if compile:
+            self.transformer.compile()
+            self.loss.vgg.compile()
+        #: images the data loader could not read, on this process, since this run started
+        self.skipped_images = 0
+        #: the sum of ``skipped_images`` over all processes, set when training ends
+        self.skipped_images_total = 0
+        self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Stylise N,3,H,W images in [0,1] -> N,3,H,W in [0,1]."""
+        return self.transformer(self._memory_format(images))
+
+    def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        """N,3,H,W in the module's memory format (NHWC when ``channels_last``)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def training_step(self, batch: tuple[torch.Tensor, int], batch_idx: int) -> torch.Tensor:
+        """One batch (images N,3,S,S, count of unreadable files) -> the weighted total loss (scalar)."""
+        images, skipped = batch
+        self.skipped_images += int(skipped)
+        if images.shape[0] == 0:
+            # Every file of this batch was unreadable: a zero loss still joins DDP's gradient all-reduce.
+            return sum(p.sum() for p in self.transformer.parameters()) * 0.0
+        images = self._memory_format(images)
+        terms = self.loss(self(images), images)
+        self._check_finite(terms)
+        # Per-step values from this process only: a cross-process sync every step would cost more than it
+        # tells (the weights are identical on all ranks, only the batches differ).
+        self.log_dict({f"train/{name}": value for name, value in terms.items() if name != "total"},
+                      on_step=True, on_epoch=False, batch_size=images.shape[0])
+        self.log("train/total", terms["total"], on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=images.shape[0])
+        return terms["total"]
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Raise NonFiniteLossError (on every rank together) if any process's loss is NaN or Inf."""
+        bad = (~torch.isfinite(terms["total"])).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if bad.item() == 0:
+            return
+        values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
+        raise NonFiniteLossError(
+            f"training loss is not finite at global step {self.global_step} ({values}). The run stopped before "
+            "the optimiser step, so the saved checkpoints hold finite weights. Lower optimizer.lr or the loss "
+            "weights, or use trainer.precision=32-true, then resume from the last checkpoint (ckpt_path=...)."
+        )
+
+    def on_train_end(self) -> None:
+        """Sum the unreadable-image counts of all processes into ``skipped_images_total``."""
+        count = torch.tensor(float(self.skipped_images), device=self.device)
+        self.skipped_images_total = int(self.trainer.strategy.reduce(count, reduce_op="sum").item())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam on the transformer only (the VGG is frozen), with an optional per-step schedule."""
+        settings = self.hparams.optimizer
+        optimizer = torch.optim.Adam(self.transformer.parameters(), lr=settings["lr"])
+        if settings["schedule"] == "none":
+            return {"optimizer": optimizer}
+        if settings["schedule"] == "cosine":
+            total = self.trainer.max_steps
+            if total is None or total <= 0:
+                raise ValueError("optimizer.schedule=cosine needs trainer.max_steps > 0 (the schedule's length)")
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total,
+                                                                   eta_min=settings.get("min_lr", 0.0))
+        else:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings["step_size"],
+                                                        gamma=settings.get("gamma", 0.1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- previews ---------------------------------------------------------------------------------------
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Stylise the fixed preview photos N,3,S,S; log their loss terms (averaged over processes)."""
+        batch = self._memory_format(batch)
+        stylised = self(batch)
+        terms = self.loss(stylised, batch)
+        self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,
+                      batch_size=batch.shape[0])
+        self._previews.append((batch.detach(), stylised.detach().float()))
+
+    def on_validation_epoch_end(self) -> None:
+        """Gather the previews of all processes; rank 0 logs a content | stylised grid and writes it as PNG."""
+        if not self._previews:
+            return
+        contents = torch.cat([content for content, _ in self._previews])
+        stylised = torch.cat([output for _, output in self._previews])
+        self._previews.clear()
+        if self.trainer.world_size > 1:
+            contents = self.all_gather(contents).flatten(0, 1)
+            stylised = self.all_gather(stylised).flatten(0, 1)
+        if not self.trainer.is_global_zero:
+            return
+        grid = labelled_grid([[c, s] for c, s in zip(contents, stylised, strict=True)],
+                             col_labels=["content", f"stylised, step {self.global_step}"],
+                             cell_height=contents.shape[-2])
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("preview", pil_to_tensor(grid), self.global_step)
+        save_image(grid, self.preview_path(self.global_step))
+
+    def preview_path(self, step: int) -> Path:
+        """Where the preview grid of ``step`` is written: ``<run>/previews/step_000123.png``."""
+        return Path(self.trainer.default_root_dir) / "previews" / f"step_{step:06d}.png"
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen VGG out of the checkpoint (it is rebuilt from the loss config)."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(LOSS_PREFIX)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put this module's VGG weights back so the state dict loads strictly."""
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(LOSS_PREFIX)})
+
+
+def style_name(paths: list[str]) -> str:
+    """A model name from its style images' file names: ``starry_night`` or ``starry_night+udnie``."""
+    return "+".join(Path(p).stem for p in paths)
+

@@ -1,0 +1,20 @@
+"""Train a fast style-transfer network (Johnson et al. 2016) for one style.
+
+    python train.py experiment=demo                      # offline CPU demo on the bundled sample
+    python train.py experiment=johnson2016 data.root=/data/coco style=data/styles/starry_night.jpg trainer=gpu
+    python train.py ... ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt   # resume
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from fststyle.training import train
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
