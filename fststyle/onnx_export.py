@@ -1,0 +1,102 @@
+"""Portable exports of a style model: ONNX (dynamic N, H, W) and TorchScript (any size), plus the
+``.ckpt`` -> ``.safetensors`` conversion, all behind ``export_model`` (``infer.py model=... export=...``).
+
+``TransformerNet.forward`` pads to a multiple of 4 with an early return when no padding is needed, and its
+upsampling passes an int scale factor; both trip exporters (tracing bakes the trace size's padding in,
+``torch.jit.script`` rejects the int, the dynamo exporter specialises the branch). ``PortableTransformer``
+runs the same modules with the same arithmetic, written so the padding stays a function of the input size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fststyle.export import export_checkpoint, load_style_model
+from fststyle.files import atomic_write
+from fststyle.transformer import TransformerNet, UpsampleConv
+
+#: ONNX opset for the dynamo exporter (opset 18 has Pad with reflect mode and Resize; onnxruntime >= 1.14 runs it)
+ONNX_OPSET = 18
+#: smallest H, W of the exported ONNX graph: at >= 8 px the multiple-of-4 padding is always a valid reflection
+#: (TransformerNet.MIN_SIZE); smaller images need TransformerNet's replicate fallback, which the graph omits
+ONNX_MIN_SIZE = TransformerNet.MIN_SIZE
+EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+
+
+class PortableTransformer(nn.Module):
+    """``TransformerNet`` forward for exporters (same submodules and output): N,3,H,W [0,1] -> N,3,H,W [0,1]."""
+
+    def __init__(self, net: TransformerNet) -> None:
+        super().__init__()
+        self.stride = net.STRIDE
+        self.min_size = net.MIN_SIZE
+        layers: list[nn.Module] = []
+        for layer in net.decoder:
+            if isinstance(layer, UpsampleConv) and layer.mode == "nearest":
+                layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), layer.conv]
+            elif isinstance(layer, UpsampleConv):
+                layers.append(layer.conv)
+            else:
+                layers.append(layer)
+        self.body = nn.Sequential(net.encoder, net.residuals, *layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2], images.shape[-1]
+        padded_height = max(self.min_size, (height + self.stride - 1) // self.stride * self.stride)
+        padded_width = max(self.min_size, (width + self.stride - 1) // self.stride * self.stride)
+        pad_h, pad_w = padded_height - height, padded_width - width
+        if height > pad_h and width > pad_w:
+            x = F.pad(images, [0, pad_w, 0, pad_h], mode="reflect")
+        else:
+            x = F.pad(images, [0, pad_w, 0, pad_h], mode="replicate")
+        x = (torch.tanh(self.body(x)) + 1) / 2
+        return x[:, :, :height, :width]
+
+
+def export_onnx(model_path: str | Path, out: str | Path) -> Path:
+    """Write the style model at ``model_path`` as ONNX with dynamic batch, height and width (H, W >= 8)."""
+    net, _ = load_style_model(model_path)
+    portable = PortableTransformer(net).eval()
+    # batch 2 and odd sizes so the exporter cannot specialise any of them to a constant
+    example = torch.rand(2, 3, 67, 61)
+    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=ONNX_MIN_SIZE),
+            3: torch.export.Dim("width", min=ONNX_MIN_SIZE)}
+    out = Path(out)
+    with atomic_write(out) as tmp:
+        program = torch.onnx.export(portable, (example,), dynamo=True, opset_version=ONNX_OPSET,
+                                    input_names=["images"], output_names=["stylised"],
+                                    dynamic_shapes={"images": dims}, verbose=False)
+        program.save(str(tmp))
+    return out
+
+
+def export_torchscript(model_path: str | Path, out: str | Path) -> Path:
+    """Write the style model at ``model_path`` as a scripted TorchScript module that runs any H, W."""
+    net, _ = load_style_model(model_path)
+    scripted = torch.jit.script(PortableTransformer(net).eval())
+    out = Path(out)
+    with atomic_write(out) as tmp:
+        scripted.save(str(tmp))
+    return out
+
+
+def export_model(model_path: str | Path, kind: str, out: str | Path | None = None) -> Path:
+    """``kind`` in onnx | torchscript | safetensors (the last from a training ``.ckpt``); ``out`` defaults to
+    the model path with the format's suffix."""
+    if kind not in EXPORT_SUFFIXES:
+        raise ValueError(f"export={kind!r} is not a format; use one of {sorted(EXPORT_SUFFIXES)}")
+    model_path = Path(model_path)
+    out = Path(out) if out is not None else model_path.with_suffix(EXPORT_SUFFIXES[kind])
+    if out.resolve() == model_path.resolve():
+        raise ValueError(f"export would overwrite its own input {model_path}; pass output=<new file>")
+    if kind == "onnx":
+        return export_onnx(model_path, out)
+    if kind == "torchscript":
+        return export_torchscript(model_path, out)
+    if model_path.suffix != ".ckpt":
+        raise ValueError(f"export=safetensors converts a training .ckpt; {model_path} is already a style model")
+    return export_checkpoint(model_path, out)

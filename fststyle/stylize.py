@@ -1,0 +1,358 @@
+"""Instant stylisation with a trained style model: any photo size, tiling, batching, colour and strength.
+
+    stylizer = Stylizer.load("checkpoints/starry_night.safetensors")
+    stylised = stylizer(Image.open("photo.jpg"))          # PIL in, PIL out (alpha carried over)
+    batch = stylizer(torch.rand(2, 3, 480, 640))           # N,3,H,W in [0,1] in, same shape out
+
+The core (``Stylizer``, ``stylize_file``, ``stylize_folder``) is plain PyTorch; ``run(cfg)`` is the thin
+Hydra adapter that ``infer.py`` calls for ``engine=fast``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from fststyle import inference_net
+from fststyle.color import preserve_colors
+from fststyle.export import load_style_model
+from fststyle.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    labelled_grid,
+    list_images,
+    open_image,
+    pil_to_tensor,
+    save_image,
+    tensor_to_pil,
+)
+from fststyle.transformer import TransformerNet
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+#: receptive-field radius of the Johnson network in input pixels: 9x9 conv (4) + two stride-2 3x3 (1 + 2)
+#: + ten 3x3 at 1/4 scale (40) + two upsampling 3x3 (2 + 1) + 9x9 conv (4) = 54. The default overlap is
+#: more than twice that, so every pixel gets most of its weight from a tile where it is not near a cut.
+RECEPTIVE_RADIUS = 54
+DEFAULT_TILE_OVERLAP = 128
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} asked for, but PyTorch sees no CUDA GPU; use device=cpu or device=auto")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA (safe range, tensor cores), fp32 on CPU (no bf16 units on the AVX2 CPUs here)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length``, overlapping by at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def blend_ramp(length: int, ramp: int, rise: bool, fall: bool) -> torch.Tensor:
+    """1-D tile weights: raised-cosine rise over the first ``ramp`` samples (and/or fall over the last);
+    strictly positive, so the weighted sum of overlapping tiles can always be normalised."""
+    weights = torch.ones(length)
+    ramp = min(ramp, length)
+    if ramp > 0:
+        edge = torch.sin(0.5 * math.pi * (torch.arange(ramp) + 0.5) / ramp) ** 2
+        if rise:
+            weights[:ramp] = torch.minimum(weights[:ramp], edge)
+        if fall:
+            weights[-ramp:] = torch.minimum(weights[-ramp:], edge.flip(0))
+    return weights
+
+
+@dataclass
+class Stylizer:
+    """A loaded style network with its run settings: maps PIL images or N,3,H,W [0,1] tensors to stylised ones."""
+
+    network: TransformerNet
+    metadata: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    tile: int | None = None  # images with a side above this run in overlapping tiles
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    strength: float = 1.0  # 0 = the photo, 1 = fully stylised
+    preserve_color: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if self.tile is not None and not 0 <= 2 * self.tile_overlap < self.tile:
+            raise ValueError(f"tile_overlap={self.tile_overlap} must be >= 0 and less than half of tile={self.tile}")
+        self.network = self.network.to(self.device, self.dtype).eval()
+        self.fast = inference_net.InferenceNet(self.network) if inference_net.supports(self.network) else None
+        runner = self.fast if self.fast is not None else self.network.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(runner) if self.compile else runner
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
+             **options: Any) -> Stylizer:
+        """Load a ``.safetensors`` style model (or a training ``.ckpt``, weights-only) onto ``device``."""
+        resolved = resolve_device(device)
+        network, metadata = load_style_model(path, device="cpu")
+        return cls(network, metadata, device=resolved, dtype=resolve_precision(precision, resolved), **options)
+
+    @property
+    def style_name(self) -> str:
+        style = self.metadata.get("style")
+        name = style.get("name") if isinstance(style, dict) else style
+        return str(name) if name else "stylised"
+
+    def __call__(self, images: torch.Tensor | Image.Image) -> torch.Tensor | Image.Image:
+        """PIL image -> PIL image of the same size (alpha kept), or N,3,H,W [0,1] -> N,3,H,W on the input's device."""
+        if isinstance(images, Image.Image):
+            alpha = images.getchannel("A") if images.mode in ("RGBA", "LA") else None
+            stylised = tensor_to_pil(self.stylize(pil_to_tensor(images).unsqueeze(0)))
+            if alpha is not None:
+                stylised.putalpha(alpha)
+            return stylised
+        return self.stylize(images)
+
+    @torch.inference_mode()
+    def stylize(self, images: torch.Tensor) -> torch.Tensor:
+        """N,3,H,W float in [0,1] (any device) -> stylised N,3,H,W float32 on the same device."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape N,3,H,W; got {tuple(images.shape)}")
+        original = images.float()
+        if self.strength == 0:
+            return original.clone()
+        if self.tile is not None and max(images.shape[-2:]) > self.tile:
+            stylised = self._run_tiled(original)
+        else:
+            stylised = self._run(original).to(original.device)
+        if self.preserve_color:
+            stylised = preserve_colors(stylised, original)
+        if self.strength < 1:
+            stylised = torch.lerp(original, stylised, self.strength)
+        return stylised
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        """The network on N,3,h,w (moved to the run device and dtype) -> float32 on the run device."""
+        batch = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return self._forward(batch).float()
+
+    def _run_tiled(self, images: torch.Tensor) -> torch.Tensor:
+        """Overlapping tiles blended with raised-cosine ramps: N,3,H,W -> N,3,H,W on the input's device.
+
+        Memory on the run device is bounded by the tile size; the full-size image and the weighted sum
+        stay on the input's device. Instance-norm statistics come once from the whole image downscaled
+        to the tile size and are reused in every tile (docs/stylize.md explains why)."""
+        height, width = images.shape[-2:]
+        tile = self.tile
+        overlap = self.tile_overlap
+        rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+        statistics = self._whole_image_statistics(images)
+        total = torch.zeros_like(images)
+        weight_sum = images.new_zeros(1, 1, height, width)
+        tiles = [(top, left) for top in rows for left in cols]
+        for top, left in tqdm(tiles, desc="tiles", unit="tile", leave=False, disable=len(tiles) < 4):
+            crop = images[..., top:top + tile, left:left + tile]
+            if statistics is not None:
+                with self.fast.reusing(statistics):
+                    out = self._run(crop)
+            else:
+                out = self._run(crop)
+            h, w = crop.shape[-2:]
+            weight = (blend_ramp(h, overlap, top > 0, top + h < height)[:, None]
+                      * blend_ramp(w, overlap, left > 0, left + w < width)[None, :]).to(images.device)
+            total[..., top:top + h, left:left + w] += out.to(images.device) * weight
+            weight_sum[..., top:top + h, left:left + w] += weight
+        return total / weight_sum
+
+    def _whole_image_statistics(self, images: torch.Tensor) -> inference_net.InstanceNormStatistics | None:
+        """Instance-norm statistics of the whole image, downscaled so its longer side is the tile size."""
+        if self.fast is None:  # batch norm uses running statistics; transposed upsampling keeps per-tile ones
+            return None
+        scale = self.tile / max(images.shape[-2:])
+        size = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
+        small = F.interpolate(images.to(self.device), size=size, mode="bilinear", antialias=True,
+                              align_corners=False).clamp(0, 1)
+        with self.fast.recording() as statistics:
+            self._run(small)
+        return statistics
+
+
+def stylize_file(stylizer: Stylizer, source: str | Path, target: str | Path,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    """Stylise one image file into ``target`` (format from its suffix; alpha kept where the format has it)."""
+    rgb, alpha = open_image(source, max_pixels=max_pixels)
+    stylised = stylizer.stylize(pil_to_tensor(rgb).unsqueeze(0))
+    return save_image(stylised, target, alpha=alpha)
+
+
+@dataclass
+class FolderReport:
+    """What ``stylize_folder`` did: written outputs, (file, reason) failures, wall seconds."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = len(self.written) / self.seconds if self.seconds > 0 else 0.0
+        line = f"stylised {len(self.written)} images in {self.seconds:.1f} s ({rate:.2f} images/s)"
+        if self.failed:
+            line += f"; {len(self.failed)} failed: " + ", ".join(str(path) for path, _ in self.failed)
+        return line
+
+
+def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, batch_size: int = 4,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, grid: str | Path | None = None,
+                   grid_cell_height: int = 256) -> FolderReport:
+    """Stylise every image under ``source`` (recursive) into the same relative paths under ``target``.
+
+    Images of equal size run together in batches of up to ``batch_size``. A file that cannot be read or
+    written is logged by name and skipped; the others are still written. ``grid``: also write a labelled
+    (photo | stylised) grid of every processed image there."""
+    source, target = Path(source), Path(target)
+    paths = list_images(source)
+    report = FolderReport()
+    thumbnails: list[tuple[str, Image.Image, Image.Image]] = []
+    pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor, Image.Image | None]]] = {}
+
+    def thumbnail(image: torch.Tensor | Image.Image) -> Image.Image:
+        picture = tensor_to_pil(image) if isinstance(image, torch.Tensor) else image.copy()
+        picture.thumbnail((4 * grid_cell_height, grid_cell_height))
+        return picture
+
+    def flush(size: tuple[int, int]) -> None:
+        items = pending.pop(size)
+        try:
+            stylised = stylizer.stylize(torch.stack([image for _, image, _ in items]))
+        except RuntimeError as error:  # out of memory on a huge batch: name every file, go on
+            for path, _, _ in items:
+                report.failed.append((path, f"{type(error).__name__}: {error}"))
+                log.error("%s: stylisation failed (%s); try tile=1024 or batch_size=1", path, error)
+            progress.update(len(items))
+            return
+        for (path, image, alpha), output in zip(items, stylised, strict=True):
+            destination = target / path.relative_to(source)
+            try:
+                save_image(output, destination, alpha=alpha)
+            except (OSError, ValueError) as error:
+                report.failed.append((path, str(error)))
+                log.error("%s: cannot write %s (%s)", path, destination, error)
+                progress.update(1)
+                continue
+            report.written.append(destination)
+            progress.update(1)
+            if grid is not None:
+                thumbnails.append((str(path.relative_to(source)), thumbnail(image), thumbnail(output)))
+
+    start = time.perf_counter()
+    progress = tqdm(total=len(paths), desc=f"stylising {source}", unit="image")
+    for path in paths:
+        try:
+            rgb, alpha = open_image(path, max_pixels=max_pixels)
+        except (ImageReadError, OSError) as error:
+            report.failed.append((path, str(error)))
+            log.error("skipping %s", error)
+            progress.update(1)
+            continue
+        image = pil_to_tensor(rgb)
+        size = (image.shape[-2], image.shape[-1])
+        pending.setdefault(size, []).append((path, image, alpha))
+        if len(pending[size]) >= batch_size:
+            flush(size)
+        elif sum(len(group) for group in pending.values()) >= 4 * batch_size:  # bound decoded images held
+            flush(max(pending, key=lambda key: len(pending[key])))
+    for size in list(pending):
+        flush(size)
+    progress.close()
+    report.seconds = time.perf_counter() - start
+    if grid is not None and thumbnails:
+        write_grid([(photo, stylised) for _, photo, stylised in thumbnails], [name for name, _, _ in thumbnails],
+                   grid, stylizer.style_name, grid_cell_height)
+    return report
+
+
+def write_grid(pairs: Sequence[tuple[Image.Image, Image.Image]], names: Sequence[str], path: str | Path,
+               style_name: str, cell_height: int = 256) -> Path:
+    """Save a labelled grid with one (photo | stylised) row per image to ``path``."""
+    grid = labelled_grid([list(pair) for pair in pairs], col_labels=["photo", style_name], row_labels=list(names),
+                         cell_height=cell_height)
+    return save_image(grid, path)
+
+
+def default_output(source: Path, style_name: str) -> Path:
+    """``photo.jpg`` -> ``photo_<style>.jpg``; ``photos/`` -> ``photos_<style>/``."""
+    if source.is_dir():
+        return source.with_name(f"{source.name}_{style_name}")
+    return source.with_name(f"{source.stem}_{style_name}{source.suffix}")
+
+
+def run(cfg: Any) -> int:
+    """Hydra adapter for ``infer.py engine=fast``: stylise ``input`` (file or folder) or ``export`` ``model``.
+    Returns the process exit status: 0 on success, 1 when any image failed, 2 for unusable settings."""
+    from fststyle.export import ModelFileError
+    from fststyle.onnx_export import export_model
+
+    if cfg.model is None:
+        log.error("no style model given: add model=path/to/style.safetensors")
+        return 2
+    try:
+        if cfg.get("export"):
+            written = export_model(cfg.model, cfg.export, cfg.output)
+            log.info("wrote %s", written)
+            return 0
+        if cfg.input is None:
+            log.error("nothing to stylise: add input=photo.jpg or input=photos/")
+            return 2
+        stylizer = Stylizer.load(
+            cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
+            strength=cfg.strength, preserve_color=cfg.preserve_color, compile=cfg.compile,
+        )
+    except (ModelFileError, ValueError) as error:
+        log.error("%s", error)
+        return 2
+    source = Path(cfg.input)
+    output = Path(cfg.output) if cfg.output is not None else default_output(source, stylizer.style_name)
+    max_pixels = cfg.max_pixels if cfg.max_pixels is not None else DEFAULT_MAX_PIXELS
+    if source.is_dir():
+        report = stylize_folder(stylizer, source, output, batch_size=cfg.batch_size, max_pixels=max_pixels,
+                                grid=cfg.grid)
+        log.info("%s", report.summary())
+        return 1 if report.failed else 0
+    if output.is_dir() or str(cfg.output or "").endswith(("/", "\\")):
+        output = output / source.name
+    start = time.perf_counter()
+    try:
+        stylize_file(stylizer, source, output, max_pixels=max_pixels)
+    except (ImageReadError, OSError, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    log.info("wrote %s in %.2f s", output, time.perf_counter() - start)
+    if cfg.grid is not None:
+        write_grid([(open_image(source, max_pixels=max_pixels)[0], open_image(output)[0])], [source.name],
+                   cfg.grid, stylizer.style_name)
+    return 0
