@@ -1,0 +1,118 @@
+"""Lightning callbacks for training style networks: how far the fast network is from the optimisation target."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from fststyle import optimize
+from fststyle.images import list_images, load_image
+
+log = logging.getLogger(__name__)
+
+#: the loss terms whose fast/reference ratio is logged (every term's difference is logged)
+RATIO_TERMS = ("content", "style", "tv", "total")
+
+
+class GatysGapCallback(pl.Callback):
+    """Every ``every_n_steps`` training steps, log the gap between the fast network and a Gatys reference.
+
+    At the start of training each preview photo 1,3,H,W is optimised once (Gatys et al. 2015) with the
+    module's own ``loss`` (same network, layers, weights, style targets): the best image that loss can
+    reach from that photo under ``settings``. Then, every ``every_n_steps`` steps, the network stylises the
+    same photos and the callback logs, averaged over the photos, for every loss term:
+    ``gatys_gap/<term>`` = fast minus reference, and for the main terms ``gatys_ratio/<term>`` = fast /
+    reference (1 = as good as the optimisation). ``gatys_reference/<term>`` is logged once at the start.
+    """
+
+    def __init__(self, photos: str | Path | Sequence[str | Path] = "data/preview", every_n_steps: int = 500,
+                 image_size: int = 256, settings: Mapping[str, Any] | None = None, progress: bool = True) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.photos = photos
+        self.photo_paths = _photo_paths(photos)
+        self.every_n_steps = every_n_steps
+        self.image_size = image_size
+        self.settings = optimize.settings_from_config(dict(settings or {}))
+        self.progress = progress
+        self._contents: list[torch.Tensor] = []
+        self._reference: dict[str, float] = {}
+
+    @torch.enable_grad()
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Optimise the cached Gatys reference of every preview photo with the module's loss (rank 0 only)."""
+        if not trainer.is_global_zero:
+            return
+        self._contents = [load_image(p, self.image_size).to(pl_module.device) for p in self.photo_paths]
+        styles, blend = pl_module.style_images, (pl_module.hparams.get("style") or {}).get("blend")
+        # optimise against the training targets: the style image at its training size, not rescaled
+        settings = dataclasses.replace(self.settings, image_size=self.image_size,
+                                       style_scale=max(styles[0].shape[-2:]) / self.image_size)
+        start = time.perf_counter()
+        references = []
+        try:
+            for content in self._contents:
+                result = optimize.optimize_image(content, styles, pl_module.loss, settings, style_blend=blend,
+                                                 progress=self.progress)
+                with torch.no_grad():
+                    references.append(pl_module.loss(result.image.to(pl_module.device), content))
+        finally:  # optimize_image sets the loss's targets; put the training ones back exactly
+            pl_module.loss.set_style(styles, blend)
+        self._reference = _mean_terms(references)
+        log.info("GatysGapCallback: reference for %d preview photos in %.1f s", len(self._contents),
+                 time.perf_counter() - start)
+        _log(trainer, {f"gatys_reference/{k}": v for k, v in self._reference.items()}, trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """At every ``every_n_steps``-th optimiser step, log the fast-minus-reference gap and ratio."""
+        step = trainer.global_step
+        if not trainer.is_global_zero or not self._reference or step % self.every_n_steps:
+            return
+        _log(trainer, self.gap(pl_module), step)
+
+    @torch.no_grad()
+    def gap(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """``gatys_gap/<term>`` and ``gatys_ratio/<term>`` of the network now, averaged over the photos."""
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            fast = _mean_terms([pl_module.loss(pl_module(content), content) for content in self._contents])
+        finally:
+            pl_module.train(was_training)
+        metrics = {f"gatys_gap/{term}": value - self._reference[term] for term, value in fast.items()}
+        metrics.update({f"gatys_ratio/{term}": fast[term] / self._reference[term]
+                        for term in RATIO_TERMS if self._reference.get(term)})
+        return metrics
+
+
+def _photo_paths(photos: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A folder (its images), one image, or a list of images -> existing image paths."""
+    if isinstance(photos, (str, Path)):
+        path = Path(photos)
+        paths = list_images(path) if path.is_dir() else [path]
+    else:
+        paths = [Path(p) for p in photos]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise ValueError(f"GatysGapCallback: no preview photos in {photos} (missing: {missing}); set "
+                         "photos= to a folder of images or a list of image files")
+    return paths
+
+
+def _mean_terms(terms: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """The mean over photos of each named loss term, as floats."""
+    return {name: sum(float(t[name]) for t in terms) / len(terms) for name in terms[0]}
+
+
+def _log(trainer: pl.Trainer, metrics: Mapping[str, float], step: int) -> None:
+    """Write scalars to every logger of the trainer at ``step`` (not throttled by log_every_n_steps)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)

@@ -1,0 +1,404 @@
+"""Fast model vs the optimisation engines on the same photos, all scored by the model's own training loss.
+
+Every engine sees each photo at one size; its output is saved as a lossless PNG and scored with the
+``PerceptualLoss`` the model was trained with (its metadata's ``loss``, style targets from the style
+image stored in the model file), so the numbers in ``report.json`` are what that loss gives on the PNGs.
+The slow engines optimise their own loss (their engine config) and are scored like the fast output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import json
+import logging
+import math
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from fststyle import optimize
+from fststyle.export import load_style_model, read_metadata, read_style_image
+from fststyle.files import atomic_write_json, atomic_write_text
+from fststyle.images import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    labelled_grid,
+    list_images,
+    load_image,
+    pil_to_tensor,
+    save_image,
+    tensor_to_pil,
+)
+from fststyle.losses import PerceptualLoss
+from fststyle.stylize import Stylizer, resolve_device
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("fast", "gatys", "mrf")
+LOSS_TERMS = ("content", "style", "tv", "total")
+#: Johnson et al. 2016 train at 256x256 and compare objective values with Gatys et al. at that size (Fig. 5).
+DEFAULT_IMAGE_SIZE = 256
+
+
+class ComparisonError(ValueError):
+    """A comparison that cannot start (model, engine or input problem); the message names the fix."""
+
+
+def quantize(image: torch.Tensor) -> torch.Tensor:
+    """N=1,3,H,W in [0,1] -> the same image rounded to 8 bits, exactly as its saved PNG reads back."""
+    return pil_to_tensor(tensor_to_pil(image)).unsqueeze(0)
+
+
+def style_images(model: Path, metadata: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The style images 1,3,H,W the model was trained on, at the training ``style.size`` (longer side)."""
+    style = dict(metadata.get("style") or {})
+    stored = read_style_image(model) if model.suffix == ".safetensors" else None
+    if stored is not None:
+        images = list(stored.reshape(-1, 3, *stored.shape[-2:]).split(1))
+    else:
+        paths = [Path(p) for p in style.get("paths") or []]
+        if not paths or not all(p.is_file() for p in paths):
+            raise ComparisonError(
+                f"{model}: the model file holds no style image and its style.paths {[str(p) for p in paths]} "
+                "are not readable here; export the model with fststyle (it stores the style image) or run "
+                "from the folder the training ran in.")
+        images = [load_image(p) for p in paths]
+    size = style.get("size")
+    if size is None:
+        return images
+    return [image if max(image.shape[-2:]) == int(size) else resize_longer_side(image, int(size)) for image in images]
+
+
+def resize_longer_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """1,3,H,W -> 1,3,h,w with longer side ``size``, resampled like ``load_image`` (antialiased bicubic)."""
+    picture = tensor_to_pil(image)
+    scale = size / max(picture.size)
+    target = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return pil_to_tensor(picture.resize(target, resample=3)).unsqueeze(0)  # 3 = Image.Resampling.BICUBIC
+
+
+def scoring_loss(model: Path, metadata: Mapping[str, Any], device: torch.device) -> PerceptualLoss:
+    """The model's own training loss (network, layers, weights) with its style targets set, on ``device``."""
+    if not metadata.get("loss"):
+        raise ComparisonError(
+            f"{model}: the model's metadata has no training loss ('loss'), so its outputs cannot be scored "
+            "the way it was trained; re-export it from its training checkpoint with fststyle's export.")
+    loss = PerceptualLoss.from_config(metadata["loss"]).to(device)
+    loss.set_style([image.to(device) for image in style_images(model, metadata)],
+                   blend=(metadata.get("style") or {}).get("blend"))
+    return loss
+
+
+class PeakMemory:
+    """Peak memory of the code inside ``with``: CUDA allocator peak above the start, or on CPU (Linux)
+    the peak resident set (VmHWM, reset through /proc/self/clear_refs) above the resident set at the start."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.bytes = device, None
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = _reset_cpu_peak()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._start is not None:
+            self.bytes = max(0, _proc_status_bytes("VmHWM") - self._start)
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_cpu_peak() -> int | None:
+    """Give freed heap back to the OS (glibc malloc_trim), reset the peak RSS; the RSS now, or None off Linux."""
+    try:
+        if platform.libc_ver()[0] == "glibc":
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_bytes("VmRSS")
+    except (OSError, KeyError):
+        return None
+
+
+def _timed(device: torch.device, function, *args, **kwargs) -> tuple[Any, float, int | None]:
+    """Run ``function`` and return (its result, wall seconds, peak memory bytes or None)."""
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return result, seconds, memory.bytes
+
+
+class _Engines:
+    """The engines of one comparison, built once and run photo by photo on content 1,3,H,W."""
+
+    def __init__(self, model: Path, names: Sequence[str], configs: Mapping[str, Mapping[str, Any]],
+                 styles: list[torch.Tensor], blend: Sequence[float] | None, image_size: int,
+                 device: torch.device, seed: int, progress: bool) -> None:
+        self.device, self.styles, self.blend, self.progress = device, styles, blend, progress
+        self.stylizer = Stylizer.load(model, device=device) if "fast" in names else None
+        # every engine works at the comparison's size, seeded like the rest of the run
+        self.slow = {name: (dataclasses.replace(optimize.settings_from_config(configs[name]),
+                                                image_size=image_size, seed=seed),
+                            optimize.build_loss(configs[name]).to(device)) for name in names if name != "fast"}
+        self.settings = {name: {"settings": dataclasses.asdict(settings), "loss": dict(configs[name]["loss"])}
+                         for name, (settings, _) in self.slow.items()}
+        if self.stylizer is not None:
+            self.settings["fast"] = {"model": str(model), "dtype": str(self.stylizer.dtype)}
+        self._warm = False
+
+    def run(self, name: str, content: torch.Tensor) -> tuple[torch.Tensor, float, int | None]:
+        """The stylised image 1,3,H,W of engine ``name``, its wall seconds and peak memory bytes."""
+        content = content.to(self.device)
+        if name == "fast":
+            with torch.inference_mode():
+                if not self._warm:  # one untimed run: first-call allocations and kernel selection
+                    self.stylizer(content)
+                    self._warm = True
+                return _timed(self.device, self.stylizer, content)
+        settings, loss = self.slow[name]
+        result, seconds, peak = _timed(self.device, optimize.optimize_image, content, self.styles, loss,
+                                       settings, style_blend=self.blend, progress=self.progress)
+        return result.image, seconds, peak
+
+
+def _photo_names(photos: Sequence[Path], root: Path | None) -> list[str]:
+    """Unique output names (relative path without suffix; the suffix is kept where two would collide)."""
+    relative = [p.relative_to(root) if root is not None else Path(p.name) for p in photos]
+    stems = [r.with_suffix("").as_posix() for r in relative]
+    return [s if stems.count(s) == 1 else r.as_posix().replace(".", "_") for s, r in zip(stems, relative, strict=True)]
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], engines: Sequence[str]) -> dict[str, Any]:
+    """Per engine: mean/std(n-1)/min/max of every loss term and of seconds, max peak memory, and the
+    speed-up of fast over each slow engine (total slow seconds / total fast seconds on the same photos)."""
+    summary: dict[str, Any] = {}
+    for engine in engines:
+        results = [row["results"][engine] for row in rows if engine in row["results"]]
+        if not results:
+            continue
+        peaks = [r["peak_memory_bytes"] for r in results if r["peak_memory_bytes"] is not None]
+        summary[engine] = {
+            "photos": len(results),
+            "losses": {term: _spread([r["losses"][term] for r in results]) for term in results[0]["losses"]},
+            "seconds": _spread([r["seconds"] for r in results]),
+            "peak_memory_bytes": max(peaks) if peaks else None,
+        }
+    speedup = {}
+    for engine in engines:
+        both = [row["results"] for row in rows if engine != "fast" and {"fast", engine} <= set(row["results"])]
+        if both:
+            fast_seconds = sum(r["fast"]["seconds"] for r in both)
+            speedup[engine] = sum(r[engine]["seconds"] for r in both) / fast_seconds
+    return {"engines": summary, "speedup_of_fast": speedup}
+
+
+def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path, *, engines: Sequence[str],
+            engine_configs: Mapping[str, Mapping[str, Any]], image_size: int | None = None,
+            device: str | torch.device = "cpu", seed: int = 0, cell_height: int = 256,
+            photo_root: str | Path | None = None, provenance: Mapping[str, Any] | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Run ``engines`` on every photo, write PNGs, strips, an overview grid, report.md and report.json
+    into ``output``; returns the report dict. Unreadable photos are listed under ``failures``."""
+    model, output, device = Path(model), Path(output), torch.device(device)
+    engines = list(engines)
+    check_engines(engines, engine_configs)
+    if not model.is_file():
+        raise ComparisonError(f"model not found: {model}; pass model=path/to/style.safetensors")
+    metadata = read_metadata(model) if model.suffix == ".safetensors" else load_style_model(model)[1]
+    loss = scoring_loss(model, metadata, device)
+    styles = style_images(model, metadata)
+    blend = (metadata.get("style") or {}).get("blend")
+    size = int(image_size or metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
+    runner = _Engines(model, engines, engine_configs, styles, blend, size, device, seed, progress)
+    photos = [Path(p) for p in photos]
+    names = _photo_names(photos, Path(photo_root) if photo_root is not None else None)
+
+    rows, failures, strips = [], [], []
+    for photo, name in tqdm(list(zip(photos, names, strict=True)), desc="compare", unit="photo",
+                            disable=not progress):
+        try:
+            content = load_image(photo, size)
+        except (ImageReadError, FileNotFoundError, IsADirectoryError) as error:
+            log.error("skipping %s: %s", photo, error)
+            failures.append({"photo": str(photo), "error": str(error)})
+            continue
+        row = {"photo": str(photo), "name": name, "height": content.shape[-2], "width": content.shape[-1],
+               "results": {}}
+        outputs = {}
+        for engine in engines:
+            image, seconds, peak = runner.run(engine, content)
+            outputs[engine] = quantize(image.detach().cpu())
+            relative = f"{engine}/{name}.png"
+            save_image(outputs[engine], output / relative)
+            with torch.no_grad():
+                terms = loss(outputs[engine].to(device), content.to(device))
+            row["results"][engine] = {"image": relative, "seconds": seconds, "peak_memory_bytes": peak,
+                                      "losses": {k: float(v) for k, v in terms.items()}}
+        cells = [content, *styles, *(outputs[e] for e in engines)]
+        labels = [*column_labels(len(styles), engines)[:-len(engines)],
+                  *(f"{e} ({row['results'][e]['seconds']:.3g} s)" for e in engines)]
+        row["strip"] = f"strips/{name}.png"
+        save_image(labelled_grid([cells], col_labels=labels, cell_height=cell_height), output / row["strip"])
+        strips.append(cells)
+        rows.append(row)
+
+    report = {
+        "model": {"path": str(model), **{k: metadata.get(k) for k in ("style", "steps", "image_size", "loss")}},
+        "image_size": size,
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "engines": engines,
+        "engine_settings": {name: runner.settings[name] for name in engines},
+        "provenance": dict(provenance or {}),
+        "photos": rows,
+        "failures": failures,
+        "summary": summarise(rows, engines),
+    }
+    if strips:
+        report["overview"] = "overview.png"
+        grid = labelled_grid(strips, col_labels=column_labels(len(styles), engines),
+                             row_labels=[row["name"] for row in rows], cell_height=cell_height)
+        save_image(grid, output / "overview.png")
+    atomic_write_json(output / "report.json", report)
+    atomic_write_text(output / "report.md", render_markdown(report))
+    return report
+
+
+def check_engines(engines: Sequence[str], engine_configs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ComparisonError for an empty, unknown, repeated or unconfigured engine name."""
+    choices = ", ".join(ENGINES)
+    if not engines:
+        raise ComparisonError(f"no engines to compare; set engines='[fast,gatys,mrf]' (any of {choices})")
+    for name in engines:
+        if name not in ENGINES:
+            raise ComparisonError(f"unknown engine {name!r} in engines={list(engines)}; choose from {choices}")
+        if list(engines).count(name) > 1:
+            raise ComparisonError(f"engine {name!r} is listed twice in engines={list(engines)}")
+        if name != "fast" and not engine_configs.get(name):
+            raise ComparisonError(
+                f"engine {name!r} has no settings (no `{name}` node in the config); run with "
+                f"--config-name compare, which loads conf/engine/{name}.yaml at `{name}`")
+
+
+def column_labels(style_count: int, engines: Sequence[str]) -> list[str]:
+    """Column labels of the strips and the overview: content, the style image(s), then each engine."""
+    styles = ["style"] if style_count == 1 else [f"style {i + 1}" for i in range(style_count)]
+    return ["content", *styles, *engines]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md``: summary and per-photo tables, the pictures, and how to re-run the comparison."""
+    model, summary = report["model"], report["summary"]
+    style = model.get("style") or {}
+    lines = [
+        "# Fast model vs optimisation", "",
+        f"Model `{model['path']}` (style {style.get('name', '?')}, {model.get('steps')} training steps), "
+        f"photos at {report['image_size']} px (longer side) on {report['device']}, torch {report['torch']}.",
+        "Every output is scored with the model's own training loss (lower is better); wall time and peak "
+        "memory are per photo (fast: after one untimed warm-up run; CPU memory: peak resident set above the "
+        "start).", "",
+        "## Summary (mean ± std [min, max])", "",
+        f"| engine | photos | {' | '.join(LOSS_TERMS)} | seconds | peak MB | fast is faster by |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for engine, stats in summary["engines"].items():
+        cells = [f"{_fmt(s['mean'])} ± {_fmt(s['std'])} [{_fmt(s['min'])}, {_fmt(s['max'])}]"
+                 for s in (stats["losses"][t] for t in LOSS_TERMS)]
+        speedup = summary["speedup_of_fast"].get(engine)
+        lines.append(f"| {engine} | {stats['photos']} | {' | '.join(cells)} | {_fmt(stats['seconds']['mean'])} | "
+                     f"{_megabytes(stats['peak_memory_bytes'])} | {'-' if speedup is None else f'{speedup:.3g}x'} |")
+    lines += ["", "## Per photo", "", f"| photo | size | engine | {' | '.join(LOSS_TERMS)} | seconds | peak MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["photos"]:
+        for engine, result in row["results"].items():
+            terms = " | ".join(_fmt(result["losses"][t]) for t in LOSS_TERMS)
+            lines.append(f"| [{row['name']}]({row['strip']}) | {row['width']}x{row['height']} | "
+                         f"[{engine}]({result['image']}) | {terms} | {_fmt(result['seconds'])} | "
+                         f"{_megabytes(result['peak_memory_bytes'])} |")
+    if report.get("overview"):
+        lines += ["", "## Pictures", "", f"![overview]({report['overview']})", ""]
+        lines += [f"![{row['name']}]({row['strip']})" for row in report["photos"]]
+    if report["failures"]:
+        lines += ["", "## Photos that could not be compared", ""]
+        lines += [f"- `{f['photo']}`: {f['error']}" for f in report["failures"]]
+    provenance = report.get("provenance") or {}
+    lines += ["", "## Re-run", ""]
+    if provenance.get("command"):
+        lines += ["```", provenance["command"], "```", ""]
+    lines += ["Engine settings (the full resolved config is in report.json under `provenance`):", "", "```json",
+              json.dumps(report["engine_settings"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def run(cfg: Any) -> int:
+    """Hydra adapter for ``infer.py --config-name compare``: 0 when every photo was compared, 1 otherwise."""
+    from omegaconf import OmegaConf
+
+    if cfg.get("model") is None or cfg.get("input") is None:
+        raise ComparisonError("compare needs model=<style model .safetensors> and input=<photo or folder>")
+    source = Path(cfg.input)
+    if source.is_dir():
+        photos, root = list_images(source), source
+        if not photos:
+            raise ComparisonError(f"no images found in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    elif source.exists():
+        photos, root = [source], None
+    else:
+        raise ComparisonError(f"input not found: {source}; pass input=<photo or folder of photos>")
+    engines = [cfg.engines] if isinstance(cfg.engines, str) else list(cfg.engines)
+    configs = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in engines
+               if name != "fast" and cfg.get(name) is not None}
+    provenance = {"command": "python " + shlex.join(sys.argv), "config": OmegaConf.to_container(cfg, resolve=True)}
+    output = Path(cfg.output or "compare_out")
+    report = compare(cfg.model, photos, output, engines=engines, engine_configs=configs,
+                     image_size=cfg.get("image_size"), device=resolve_device(str(cfg.device)), seed=int(cfg.seed),
+                     cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance)
+    log.info("wrote %s and %s", output / "report.md", output / "report.json")
+    if report["failures"]:
+        log.error("%d of %d photos could not be compared (listed in report.md)", len(report["failures"]), len(photos))
+        return 1
+    return 0
