@@ -58,12 +58,9 @@ def photo_folder(tmp_path: Path, count: int = 2) -> Path:
 
 
 def compose_compare(model: Path, *overrides: str):
-    """conf/compare.yaml with ``overrides``; ``model`` is set after composing, as a `model=` override clashes
-    with the conf/model/ group of the train branch (see the xfail test below)."""
+    """conf/compare.yaml composed with ``model=`` and ``overrides``, as the command line does."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="compare", overrides=list(overrides))
-    cfg.model = str(model)
-    return cfg
+        return compose(config_name="compare", overrides=[f"model={model}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +211,6 @@ def test_peak_memory_sees_a_large_cpu_allocation():
     assert large.bytes >= 200 * 2**20 > small.bytes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "merged branches: (1) train's conf/model/ group shadows infer's `model=` key, so Hydra refuses "
-    "`model=...` ('No match in the defaults list'); (2) infer.py exits 0 whatever run(cfg) returns, "
-    "because @hydra.main drops the task's return value"))
 def test_command_line_through_infer_py_reports_bad_photos_with_exit_status_1(tmp_path):
     model = tiny_model(tmp_path / "m.safetensors")
     photos = photo_folder(tmp_path, count=1)
