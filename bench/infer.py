@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fststyle.export import load_style_model
 from fststyle.images import load_image
 from fststyle.stylize import Stylizer
 from fststyle.transformer import TransformerNet
@@ -76,16 +77,20 @@ def timing_table(sizes: list[str], repeats: int, use_compile: bool) -> None:
                   f"{best_base / best:8.2f}")
 
 
-def tiling_difference(photo: str, tile: int, overlap: int) -> None:
+def tiling_difference(photo: str, tile: int, overlap: int, model: str | None) -> None:
     """Tiled vs untiled output of one photo at 1024x768, in 8-bit levels, with and without shared statistics."""
     torch.manual_seed(0)
-    network = TransformerNet().eval()  # random weights: see docs/stylize.md for what that means here
+    if model:
+        network = load_style_model(model)[0]
+    else:
+        network = TransformerNet().eval()  # random weights: see docs/stylize.md for what that means here
+    print(f"network: {model or 'random weights, full width'}")
     image = F.interpolate(load_image(photo), size=(768, 1024), mode="bilinear", antialias=True).clamp(0, 1)
     whole = Stylizer(network).stylize(image)
     print(f"photo {photo} at 1024x768, tile={tile}, tile_overlap={overlap}; untiled output std "
           f"{whole.std().item() * 255:.1f} levels")
     variants = {"statistics of the full-res image": {"statistics_size": 1024},
-                "shared, downscaled to tile (default)": {}, "per-tile statistics": {"shared_statistics": False}}
+                "shared, downscaled to the tile size": {"statistics_size": tile}, "per-tile statistics": {"shared_statistics": False}}
     for label, options in variants.items():
         tiled = Stylizer(network, tile=tile, tile_overlap=overlap, **options)
         difference = (tiled.stylize(image) - whole).abs() * 255
@@ -102,9 +107,10 @@ def main() -> None:
     parser.add_argument("--photo", default="data/preview/000000000030.jpg")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--model", default=None, help="a trained .safetensors style model for --tiling")
     args = parser.parse_args()
     if args.tiling:
-        tiling_difference(args.photo, args.tile, args.overlap)
+        tiling_difference(args.photo, args.tile, args.overlap, args.model)
     else:
         timing_table(args.sizes, args.repeats, args.compile)
 

@@ -50,6 +50,9 @@ DEFAULT_TILE_OVERLAP = 128
 #: smallest tile: twice the receptive diameter, so a tile's centre sees no cut (measured: tile=112 leaves
 #: 13.7 levels of mean error even with exact statistics, tile=224 0.03; docs/stylize.md)
 MIN_TILE = 4 * RECEPTIVE_RADIUS
+#: longer side of the statistics pass for tiled images: exact statistics up to 2048 px (one full-width pass
+#: at 2048x2048 holds about 2 GB of activations); larger images use a downscale (docs/stylize.md)
+DEFAULT_STATISTICS_SIZE = 2048
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -108,8 +111,8 @@ class Stylizer:
     compile: bool = False
     #: tiles use instance-norm statistics of the whole (downscaled) image; False = each tile its own
     shared_statistics: bool = True
-    #: longer side of the downscaled whole image those statistics come from (None: the tile size);
-    #: larger is closer to untiled output and costs that much more memory in one pass
+    #: longer side of the downscaled whole image those statistics come from (None: the larger of the
+    #: tile and DEFAULT_STATISTICS_SIZE); larger is closer to untiled output and costs more memory in one pass
     statistics_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -211,7 +214,8 @@ class Stylizer:
         """Instance-norm statistics of the whole image, downscaled so its longer side is ``statistics_size``."""
         if self.fast is None or not self.shared_statistics:
             return None  # batch norm uses running statistics; transposed upsampling keeps per-tile ones
-        scale = min(1.0, (self.statistics_size or self.tile) / max(images.shape[-2:]))
+        side = self.statistics_size or max(self.tile or 0, DEFAULT_STATISTICS_SIZE)
+        scale = min(1.0, side / max(images.shape[-2:]))
         size = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
         small = F.interpolate(images.to(self.device), size=size, mode="bilinear", antialias=True,
                               align_corners=False).clamp(0, 1)
@@ -349,6 +353,7 @@ def run(cfg: Any) -> int:
         stylizer = Stylizer.load(
             cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
             strength=cfg.strength, preserve_color=cfg.preserve_color, compile=cfg.compile,
+            statistics_size=cfg.tile_statistics_size,
         )
     except (ModelFileError, ValueError) as error:
         log.error("%s", error)
