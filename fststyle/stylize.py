@@ -50,8 +50,8 @@ DEFAULT_TILE_OVERLAP = 128
 #: smallest tile: twice the receptive diameter, so a tile's centre sees no cut (measured: tile=112 leaves
 #: 13.7 levels of mean error even with exact statistics, tile=224 0.03; docs/stylize.md)
 MIN_TILE = 4 * RECEPTIVE_RADIUS
-#: longer side of the statistics pass for tiled images: exact statistics up to 2048 px (one full-width pass
-#: at 2048x2048 holds about 2 GB of activations); larger images use a downscale (docs/stylize.md)
+#: longer side of the statistics pass for tiled images: exact statistics up to 2048 px (a full-width pass
+#: there holds a few 512 MiB activation tensors, estimated); larger images use a downscale (docs/stylize.md)
 DEFAULT_STATISTICS_SIZE = 2048
 
 
