@@ -349,18 +349,13 @@ def _paths(value: Any, what: str) -> list[Path]:
     return paths
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run(cfg: Any) -> int:
     """Hydra adapter for ``python infer.py engine=gatys|mrf content=... style=... output=...``."""
     from omegaconf import OmegaConf
 
     from fststyle.files import atomic_write_json
     from fststyle.images import load_image, save_image
+    from fststyle.stylize import resolve_device
 
     for key in ("content", "style", "output"):
         if cfg.get(key) is None:
@@ -381,7 +376,7 @@ def run(cfg: Any) -> int:
                              f"in the same order, e.g. style='[sky.jpg,sea.jpg]' {what}='[sky.png,sea.png]'")
     blend = list(cfg.style_blend) if cfg.get("style_blend") is not None else None
 
-    device = _device(str(cfg.device))
+    device = resolve_device(str(cfg.device))
     loss = build_loss(engine).to(device)
     content = load_image(content_path, settings.image_size)
     style_side = max(16, round(settings.style_scale * settings.image_size))
