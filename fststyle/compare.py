@@ -35,6 +35,7 @@ from fststyle.images import (
     list_images,
     load_image,
     pil_to_tensor,
+    resize_image,
     save_image,
     tensor_to_pil,
 )
@@ -75,15 +76,7 @@ def style_images(model: Path, metadata: Mapping[str, Any]) -> list[torch.Tensor]
     size = style.get("size")
     if size is None:
         return images
-    return [image if max(image.shape[-2:]) == int(size) else resize_longer_side(image, int(size)) for image in images]
-
-
-def resize_longer_side(image: torch.Tensor, size: int) -> torch.Tensor:
-    """1,3,H,W -> 1,3,h,w with longer side ``size``, resampled like ``load_image`` (antialiased bicubic)."""
-    picture = tensor_to_pil(image)
-    scale = size / max(picture.size)
-    target = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-    return pil_to_tensor(picture.resize(target, resample=3)).unsqueeze(0)  # 3 = Image.Resampling.BICUBIC
+    return [resize_image(image, int(size)) for image in images]
 
 
 def scoring_loss(model: Path, metadata: Mapping[str, Any], device: torch.device) -> PerceptualLoss:

@@ -172,6 +172,11 @@ def load_image(
     return pil_to_tensor(_resized(rgb, size)).unsqueeze(0)
 
 
+def resize_image(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Tensor[1,3,H,W] in [0,1] -> Tensor[1,3,h,w], resampled as `load_image` does (int = longer side)."""
+    return pil_to_tensor(_resized(tensor_to_pil(image), size)).unsqueeze(0)
+
+
 def _alpha_to_pil(alpha: Image.Image | torch.Tensor, size: tuple[int, int]) -> Image.Image:
     """Alpha as PIL "L" or Tensor[1,H,W]/[H,W] in [0,1] -> "L" image of `size` (W, H)."""
     if isinstance(alpha, torch.Tensor):
