@@ -32,8 +32,7 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from fststyle.losses import feature_mse  # noqa: E402
-from fststyle.module import StyleTransferModule  # noqa: E402
-from fststyle.training import _plain, _style  # noqa: E402
+from fststyle.training import _plain, build_module  # noqa: E402
 from fststyle.transformer import TransformerConfig, TransformerNet  # noqa: E402
 
 SETTINGS = {
@@ -60,10 +59,8 @@ def _synchronize(device: torch.device) -> None:
 
 def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The step ``train.py`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
-    switches = {"channels_last": cfg["trainer"]["channels_last"], "compile": compile}
     torch.manual_seed(0)  # every variant starts from the same transformer weights
-    module = StyleTransferModule(cfg["transformer"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
-                                 cfg["optimizer"], **switches).to(device)
+    module = build_module({**cfg, "trainer": {**cfg["trainer"], "compile": compile}}).to(device)
     optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])
     bf16 = cfg["trainer"]["precision"] == "bf16-mixed"
 
@@ -83,8 +80,7 @@ def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch
     """The textbook step: fp32 NCHW, content through the whole VGG with autograd; VGG weights trainable
     unless ``frozen``. Same networks, same weights, same loss values as the project's step."""
     torch.manual_seed(0)
-    module = StyleTransferModule(cfg["transformer"], cfg["loss"], _style(cfg), cfg["data"]["image_size"],
-                                 cfg["optimizer"]).to(device)
+    module = build_module({**cfg, "trainer": {**cfg["trainer"], "channels_last": False, "compile": False}}).to(device)
     transformer = TransformerNet(TransformerConfig(**cfg["transformer"])).to(device)
     transformer.load_state_dict(module.transformer.state_dict())
     loss = module.loss
