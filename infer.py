@@ -3,10 +3,14 @@
     python infer.py model=checkpoints/starry_night.safetensors input=photo.jpg output=out.jpg
     python infer.py engine=gatys content=photo.jpg style=starry.jpg output=out.png
     python infer.py --config-name compare model=... input=photos/ engines='[fast,gatys,mrf]' output=cmp/
+
+Exit status: 0 done, 1 some inputs failed, 2 a user error (one line naming the fix).
 """
 
 import hydra
 from omegaconf import DictConfig
+
+from fststyle.cli import run_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
@@ -17,9 +21,7 @@ def main(cfg: DictConfig) -> None:
         from fststyle.stylize import run
     else:
         from fststyle.optimize import run
-    status = run(cfg)
-    if status:  # hydra.main discards return values; SystemExit passes through it
-        raise SystemExit(status)
+    run_job(lambda: run(cfg))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,21 @@
     python train.py experiment=demo                      # offline CPU demo on the bundled sample
     python train.py experiment=johnson2016 data.root=/data/coco style=data/styles/starry_night.jpg trainer=gpu
     python train.py ... ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt   # resume
+
+Exit status: 0 done, 2 a user error (one line naming the fix), 130/143 stopped by SIGINT/SIGTERM (resumable).
 """
 
 import hydra
 from omegaconf import DictConfig
+
+from fststyle.cli import run_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     from fststyle.training import train
 
-    train(cfg)
+    run_job(lambda: train(cfg))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from fststyle import optimize
+from fststyle.errors import UserError
 from fststyle.export import load_style_model, read_metadata, read_style_image
 from fststyle.files import atomic_write_json, atomic_write_text
 from fststyle.images import (
@@ -50,7 +51,7 @@ LOSS_TERMS = ("content", "style", "tv", "total")
 DEFAULT_IMAGE_SIZE = 256
 
 
-class ComparisonError(ValueError):
+class ComparisonError(UserError):
     """A comparison that cannot start (model, engine or input problem); the message names the fix."""
 
 

@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.transformer import TransformerConfig, TransformerNet
 
@@ -20,7 +21,7 @@ FORMAT = "fststyle.style-model/1"
 METADATA_KEY = "fststyle"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError):
     """A file that is not a usable fststyle style model; the message names the file and the fix."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from fststyle.errors import UserError
 from fststyle.files import atomic_write
 
 # Pillow raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS (= 178,956,970 pixels, about
@@ -42,7 +43,7 @@ _SUPPORTED = "JPEG, PNG, WebP, TIFF, BMP"
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """A file could not be decoded as an image, or is larger than allowed; the message says how to fix it."""
 
 
