@@ -7,13 +7,18 @@
 Exit status: 0 done, 1 some inputs failed, 2 a user error (one line naming the fix).
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from fststyle.cli import run_job
+from fststyle.cli import command_line, run_job
+
+CONFIG_DIR = Path(__file__).parent / "conf"
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="infer")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="infer")
 def main(cfg: DictConfig) -> None:
     if cfg.get("engines") is not None:
         from fststyle.compare import run
@@ -25,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = command_line(sys.argv, CONFIG_DIR, "infer")
     main()

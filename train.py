@@ -7,13 +7,18 @@
 Exit status: 0 done, 2 a user error (one line naming the fix), 130/143 stopped by SIGINT/SIGTERM (resumable).
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from fststyle.cli import run_job
+from fststyle.cli import command_line, run_job
+
+CONFIG_DIR = Path(__file__).parent / "conf"
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     from fststyle.training import train
 
@@ -21,4 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = command_line(sys.argv, CONFIG_DIR, "train")
     main()
