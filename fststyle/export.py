@@ -76,8 +76,7 @@ def load_style_model(path: str | Path, device: str | torch.device = "cpu") -> tu
     if not path.is_file():
         raise ModelFileError(f"style model not found: {path}")
     if path.suffix == ".ckpt":
-        state, info = _read_checkpoint(path)
-        config = _checked_config(path, info, {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
+        config, state, info = _read_checkpoint(path)
     else:
         info, stored = _read_header(path)
         stored.pop(STYLE_IMAGE_KEY, None)
@@ -235,9 +234,9 @@ def _build(config: TransformerConfig, state: dict[str, torch.Tensor]) -> Transfo
     return model
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Transformer weights and validated style-model metadata from a training checkpoint, loaded without
-    unpickling code."""
+def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """The architecture, transformer weights and validated style-model metadata of a training checkpoint,
+    loaded without unpickling code; the hyper-parameters are checked against the weights' names and shapes."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for code-carrying pickles, EOFError/RuntimeError for truncation
@@ -256,7 +255,8 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     step = checkpoint.get("global_step", 0)
     info = style_metadata(hparams, steps=step if _is_int(step) else 0)
     _check_metadata(path, info)
-    return state, info
+    config = _checked_config(path, info, {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
+    return config, state, info
 
 
 def style_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -274,8 +274,7 @@ def style_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None) -> Path:
     """Write the style model of a training ``.ckpt`` as ``.safetensors`` (next to it when ``output`` is None)."""
     checkpoint = Path(checkpoint)
-    state, info = _read_checkpoint(checkpoint)
-    model = _build(_checked_config(checkpoint, info, {k: (v.dtype.is_floating_point, tuple(v.shape))
-                                                      for k, v in state.items()}), state)
+    config, state, info = _read_checkpoint(checkpoint)
+    model = _build(config, state)
     output = Path(output) if output is not None else checkpoint.with_suffix(".safetensors")
     return save_style_model(model, output, {k: v for k, v in info.items() if k not in ("format", "transformer")})
