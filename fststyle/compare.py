@@ -42,6 +42,7 @@ from fststyle.images import (
 )
 from fststyle.losses import PerceptualLoss
 from fststyle.stylize import Stylizer, resolve_device
+from fststyle.vgg import WEIGHT_SOURCES, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -60,35 +61,64 @@ def quantize(image: torch.Tensor) -> torch.Tensor:
     return pil_to_tensor(tensor_to_pil(image)).unsqueeze(0)
 
 
-def style_images(model: Path, metadata: Mapping[str, Any]) -> list[torch.Tensor]:
-    """The style images 1,3,H,W the model was trained on, at the training ``style.size`` (longer side)."""
+def style_images(model: Path, metadata: Mapping[str, Any],
+                 style_paths: Sequence[str | Path] | None = None) -> list[torch.Tensor]:
+    """The style images 1,3,H,W the model was trained on, at the training ``style.size`` (longer side): the ones
+    stored in the model file, or ``style_paths`` when the user names them. Paths in the metadata are never read."""
     style = dict(metadata.get("style") or {})
-    stored = read_style_image(model) if model.suffix == ".safetensors" else None
-    if stored is not None:
-        images = list(stored.reshape(-1, 3, *stored.shape[-2:]).split(1))
+    if style_paths:
+        images = [load_image(path) for path in style_paths]
     else:
-        paths = [Path(p) for p in style.get("paths") or []]
-        if not paths or not all(p.is_file() for p in paths):
+        stored = read_style_image(model) if model.suffix == ".safetensors" else None
+        if stored is None:
             raise ComparisonError(
-                f"{model}: the model file holds no style image and its style.paths {[str(p) for p in paths]} "
-                "are not readable here; export the model with fststyle (it stores the style image) or run "
-                "from the folder the training ran in.")
-        images = [load_image(p) for p in paths]
+                f"{model}: the model stores no style image, and compare never reads the style.paths a model's "
+                "metadata names; name the style image(s) it was trained on with style=painting.jpg "
+                "(style='[a.jpg,b.jpg]' for several), or use the .safetensors train.py writes, which stores it.")
+        images = list(stored.split(1))
     size = style.get("size")
     if size is None:
         return images
     return [resize_image(image, int(size)) for image in images]
 
 
-def scoring_loss(model: Path, metadata: Mapping[str, Any], device: torch.device) -> PerceptualLoss:
-    """The model's own training loss (network, layers, weights) with its style targets set, on ``device``."""
+def scoring_config(model: Path, metadata: Mapping[str, Any], loss_weights: str | None = None) -> dict[str, Any]:
+    """The model's training loss config, with VGG weights ``loss_weights`` when given. A weights file named in
+    the metadata is refused: compare loads only weight sources by name (caffe, torchvision, random) or the file
+    the user names."""
     if not metadata.get("loss"):
         raise ComparisonError(
             f"{model}: the model's metadata has no training loss ('loss'), so its outputs cannot be scored "
             "the way it was trained; re-export it from its training checkpoint with fststyle's export.")
-    loss = PerceptualLoss.from_config(metadata["loss"]).to(device)
-    loss.set_style([image.to(device) for image in style_images(model, metadata)],
-                   blend=(metadata.get("style") or {}).get("blend"))
+    config = dict(metadata["loss"])
+    network = config.get("network") or {}
+    if not isinstance(network, Mapping):
+        raise ComparisonError(f"{model}: its training loss has a malformed 'network' entry ({network!r}); "
+                              "re-export it from its training checkpoint with fststyle's export.")
+    weights = network.get("weights", "torchvision")
+    if loss_weights is not None:
+        weights = str(loss_weights)
+    elif not (isinstance(weights, str) and weights in WEIGHT_SOURCES):
+        raise ComparisonError(
+            f"{model}: its training loss takes VGG weights from the file {weights!r} named in its metadata, and "
+            f"compare loads no file a model names; set loss_weights=/path/to/that/file to trust it (or "
+            f"loss_weights={'|'.join(WEIGHT_SOURCES)}).")
+    config["network"] = {**network, "weights": weights}
+    return config
+
+
+def scoring_loss(model: Path, metadata: Mapping[str, Any], device: torch.device,
+                 styles: Sequence[torch.Tensor], loss_weights: str | None = None) -> PerceptualLoss:
+    """The model's own training loss (network, layers, weights) with its style targets set from ``styles``
+    (each 1,3,H,W), on ``device``."""
+    config = scoring_config(model, metadata, loss_weights)
+    try:
+        loss = PerceptualLoss.from_config(config).to(device)
+        loss.set_style([image.to(device) for image in styles], blend=(metadata.get("style") or {}).get("blend"))
+    except UserError:
+        raise
+    except (TypeError, ValueError, WeightsUnavailableError) as error:
+        raise ComparisonError(f"{model}: its training loss cannot be rebuilt ({error})") from error
     return loss
 
 
@@ -192,12 +222,17 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
+def _succeeded(results: Mapping[str, Mapping[str, Any]], engine: str) -> bool:
+    return engine in results and "error" not in results[engine]
+
+
 def summarise(rows: Sequence[Mapping[str, Any]], engines: Sequence[str]) -> dict[str, Any]:
-    """Per engine: mean/std(n-1)/min/max of every loss term and of seconds, max peak memory, and the
-    speed-up of fast over each slow engine (total slow seconds / total fast seconds on the same photos)."""
+    """Per engine, over the photos it succeeded on: mean/std(n-1)/min/max of every loss term and of seconds, max
+    peak memory, and the speed-up of fast over each slow engine (total slow seconds / total fast seconds on the
+    photos both succeeded on)."""
     summary: dict[str, Any] = {}
     for engine in engines:
-        results = [row["results"][engine] for row in rows if engine in row["results"]]
+        results = [row["results"][engine] for row in rows if _succeeded(row["results"], engine)]
         if not results:
             continue
         peaks = [r["peak_memory_bytes"] for r in results if r["peak_memory_bytes"] is not None]
@@ -209,7 +244,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], engines: Sequence[str]) -> dict
         }
     speedup = {}
     for engine in engines:
-        both = [row["results"] for row in rows if engine != "fast" and {"fast", engine} <= set(row["results"])]
+        both = [row["results"] for row in rows
+                if engine != "fast" and _succeeded(row["results"], "fast") and _succeeded(row["results"], engine)]
         if both:
             fast_seconds = sum(r["fast"]["seconds"] for r in both)
             speedup[engine] = sum(r[engine]["seconds"] for r in both) / fast_seconds
@@ -220,17 +256,22 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
             engine_configs: Mapping[str, Mapping[str, Any]], image_size: int | None = None,
             device: str | torch.device = "cpu", seed: int = 0, cell_height: int = 256,
             photo_root: str | Path | None = None, provenance: Mapping[str, Any] | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, style_paths: Sequence[str | Path] | None = None,
+            loss_weights: str | None = None) -> dict[str, Any]:
     """Run ``engines`` on every photo, write PNGs, strips, an overview grid, report.md and report.json
-    into ``output``; returns the report dict. Unreadable photos are listed under ``failures``."""
+    into ``output``; returns the report dict. Unreadable photos, and each engine that failed on a photo, are
+    listed under ``failures`` (and that engine's result in the photo's row is ``{"error": ...}``).
+
+    The style targets come from the style image stored in the model, or from ``style_paths`` when given; the
+    scoring loss's VGG weights from a named source in the metadata, or ``loss_weights`` when given."""
     model, output, device = Path(model), Path(output), torch.device(device)
     engines = list(engines)
     check_engines(engines, engine_configs)
     if not model.is_file():
         raise ComparisonError(f"model not found: {model}; pass model=path/to/style.safetensors")
     metadata = read_metadata(model) if model.suffix == ".safetensors" else load_style_model(model)[1]
-    loss = scoring_loss(model, metadata, device)
-    styles = style_images(model, metadata)
+    styles = style_images(model, metadata, style_paths)
+    loss = scoring_loss(model, metadata, device, styles, loss_weights)
     blend = (metadata.get("style") or {}).get("blend")
     size = int(image_size or metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
     runner = _Engines(model, engines, engine_configs, styles, blend, size, device, seed, progress)
@@ -248,19 +289,19 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
             continue
         row = {"photo": str(photo), "name": name, "height": content.shape[-2], "width": content.shape[-1],
                "results": {}}
-        outputs = {}
+        outputs: dict[str, torch.Tensor | None] = {}
         for engine in engines:
-            image, seconds, peak = runner.run(engine, content)
-            outputs[engine] = quantize(image.detach().cpu())
-            relative = f"{engine}/{name}.png"
-            save_image(outputs[engine], output / relative)
-            with torch.no_grad():
-                terms = loss(outputs[engine].to(device), content.to(device))
-            row["results"][engine] = {"image": relative, "seconds": seconds, "peak_memory_bytes": peak,
-                                      "losses": {k: float(v) for k, v in terms.items()}}
+            try:
+                outputs[engine], row["results"][engine] = _scored_run(runner, engine, content, loss,
+                                                                      output / engine / f"{name}.png", output)
+            except Exception as error:  # one engine failing on one photo must not cost the other results
+                message = f"{type(error).__name__}: {error}"
+                log.error("%s failed on %s: %s", engine, photo, message, exc_info=not isinstance(error, UserError))
+                outputs[engine], row["results"][engine] = None, {"error": message}
+                failures.append({"photo": str(photo), "engine": engine, "error": message})
         cells = [content, *styles, *(outputs[e] for e in engines)]
         labels = [*column_labels(len(styles), engines)[:-len(engines)],
-                  *(f"{e} ({row['results'][e]['seconds']:.3g} s)" for e in engines)]
+                  *(_cell_label(e, row["results"][e]) for e in engines)]
         row["strip"] = f"strips/{name}.png"
         save_image(labelled_grid([cells], col_labels=labels, cell_height=cell_height), output / row["strip"])
         strips.append(cells)
@@ -286,6 +327,23 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
     atomic_write_json(output / "report.json", report)
     atomic_write_text(output / "report.md", render_markdown(report))
     return report
+
+
+def _scored_run(runner: _Engines, engine: str, content: torch.Tensor, loss: PerceptualLoss, path: Path,
+                output: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Run ``engine`` on content 1,3,H,W, save its 8-bit output at ``path`` and score that with ``loss``:
+    (the saved image 1,3,H,W, its result entry: image path relative to ``output``, seconds, peak memory, losses)."""
+    image, seconds, peak = runner.run(engine, content)
+    picture = quantize(image.detach().cpu())
+    save_image(picture, path)
+    with torch.no_grad():
+        terms = loss(picture.to(runner.device), content.to(runner.device))
+    return picture, {"image": path.relative_to(output).as_posix(), "seconds": seconds, "peak_memory_bytes": peak,
+                     "losses": {k: float(v) for k, v in terms.items()}}
+
+
+def _cell_label(engine: str, result: Mapping[str, Any]) -> str:
+    return f"{engine} (failed)" if "error" in result else f"{engine} ({result['seconds']:.3g} s)"
 
 
 def check_engines(engines: Sequence[str], engine_configs: Mapping[str, Mapping[str, Any]]) -> None:
@@ -320,6 +378,11 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _table_text(text: str) -> str:
+    """``text`` on one line with its pipes escaped, to sit in a Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _megabytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.0f}"
 
@@ -349,16 +412,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for row in report["photos"]:
         for engine, result in row["results"].items():
+            photo = f"| [{row['name']}]({row['strip']}) | {row['width']}x{row['height']} |"
+            if "error" in result:
+                lines.append(f"{photo} {engine} | **failed**: {_table_text(result['error'])} | | | | | |")
+                continue
             terms = " | ".join(_fmt(result["losses"][t]) for t in LOSS_TERMS)
-            lines.append(f"| [{row['name']}]({row['strip']}) | {row['width']}x{row['height']} | "
-                         f"[{engine}]({result['image']}) | {terms} | {_fmt(result['seconds'])} | "
+            lines.append(f"{photo} [{engine}]({result['image']}) | {terms} | {_fmt(result['seconds'])} | "
                          f"{_megabytes(result['peak_memory_bytes'])} |")
     if report.get("overview"):
         lines += ["", "## Pictures", "", f"![overview]({report['overview']})", ""]
         lines += [f"![{row['name']}]({row['strip']})" for row in report["photos"]]
     if report["failures"]:
-        lines += ["", "## Photos that could not be compared", ""]
-        lines += [f"- `{f['photo']}`: {f['error']}" for f in report["failures"]]
+        lines += ["", "## Failures (photos that could not be read, engines that failed on a photo)", ""]
+        lines += [f"- `{f['photo']}`{' (' + f['engine'] + ')' if 'engine' in f else ''}: {f['error']}"
+                  for f in report["failures"]]
     provenance = report.get("provenance") or {}
     lines += ["", "## Re-run", ""]
     if provenance.get("command"):

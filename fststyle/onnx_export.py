@@ -9,12 +9,14 @@ runs the same modules with the same arithmetic, written so the padding stays a f
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fststyle.errors import UserError
 from fststyle.export import export_checkpoint, load_style_model
 from fststyle.files import atomic_write
 from fststyle.transformer import TransformerNet, UpsampleConv
@@ -25,6 +27,8 @@ ONNX_OPSET = 18
 #: (TransformerNet.MIN_SIZE); smaller images need TransformerNet's replicate fallback, which the graph omits
 ONNX_MIN_SIZE = TransformerNet.MIN_SIZE
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+#: what torch's dynamo ONNX exporter imports (the ``onnx`` extra also installs onnxruntime, to run the file)
+ONNX_EXPORTER_PACKAGES = ("onnx", "onnxscript")
 
 
 class PortableTransformer(nn.Module):
@@ -59,6 +63,7 @@ class PortableTransformer(nn.Module):
 
 def export_onnx(model_path: str | Path, out: str | Path) -> Path:
     """Write the style model at ``model_path`` as ONNX with dynamic batch, height and width (H, W >= 8)."""
+    _require_onnx_exporter()
     net, _ = load_style_model(model_path)
     portable = PortableTransformer(net).eval()
     # batch 2 and odd sizes so the exporter cannot specialise any of them to a constant
@@ -72,6 +77,19 @@ def export_onnx(model_path: str | Path, out: str | Path) -> Path:
                                     dynamic_shapes={"images": dims}, verbose=False)
         program.save(str(tmp))
     return out
+
+
+def _require_onnx_exporter() -> None:
+    """Raise a UserError naming the install command when the ONNX exporter's packages cannot be imported."""
+    missing = []
+    for name in ONNX_EXPORTER_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"export=onnx needs {' and '.join(missing)}, which are not installed: "
+                        'pip install "fststyle[onnx]"')
 
 
 def export_torchscript(model_path: str | Path, out: str | Path) -> Path:

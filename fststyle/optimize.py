@@ -9,6 +9,7 @@ Hydra adapter behind ``python infer.py engine=gatys|mrf``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fststyle.color import match_luminance, preserve_colors
-from fststyle.losses import GramStyleLoss, PerceptualLoss, SpatialGramStyleLoss
+from fststyle.losses import GramStyleLoss, MRFStyleLoss, PerceptualLoss, SpatialGramStyleLoss
+from fststyle.losses.mrf import PatchSizeError
+
+log = logging.getLogger(__name__)
 
 #: Adam's step on [0,1] pixels: neural-style's -learning_rate 1e1 on its 0-255 pixel scale (Johnson 2015,
 #: jcjohnson/neural-style), divided by 256. L-BFGS takes torch's default lr=1: the line search sizes the step.
@@ -124,6 +128,41 @@ def pyramid_sizes(height: int, width: int, settings: OptimizeSettings) -> list[t
     levels = settings.pyramid_levels
     longer = [round(settings.image_size * settings.pyramid_ratio ** (levels - 1 - i)) for i in range(levels)]
     return [longer_side_size(height, width, side) for side in longer]
+
+
+def style_size(style: torch.Tensor, level_size: tuple[int, int], settings: OptimizeSettings) -> tuple[int, int]:
+    """(H, W) of style image 1,3,h,w at a pyramid level of ``level_size``: longer side ``style_scale`` times the
+    level's (at least 16 px), aspect kept."""
+    return longer_side_size(*style.shape[-2:], max(16, round(settings.style_scale * max(level_size))))
+
+
+def levels_with_full_patches(loss: PerceptualLoss, sizes: Sequence[tuple[int, int]], steps: Sequence[int],
+                             styles: Sequence[torch.Tensor],
+                             settings: OptimizeSettings) -> list[tuple[int, tuple[int, int], int]]:
+    """(level index, size, steps) of the pyramid levels, coarse to fine, at which every MRF layer of the output and
+    of the style images holds a full patch. Coarser levels that do not are skipped with a warning in the log; when
+    the finest level does not, the image is too small for the loss and PatchSizeError says so. Other losses keep
+    every level."""
+    levels = list(zip(range(len(sizes)), sizes, steps, strict=True))
+    if not isinstance(loss.style, MRFStyleLoss):
+        return levels
+
+    def problem(size: tuple[int, int]) -> str | None:
+        return loss.style.size_problem(loss.vgg, size, [style_size(s, size, settings) for s in styles])
+
+    finest = problem(sizes[-1])
+    if finest:
+        raise PatchSizeError(f"image_size={settings.image_size} is too small for the MRF loss: {finest}; use a "
+                             "larger image_size (or style_scale)")
+    kept = []
+    for level, size, count in levels:
+        skipped = problem(size)
+        if skipped:
+            log.warning("MRF pyramid level %d of %d (%dx%d px) skipped with its %d steps: %s", level + 1, len(sizes),
+                        size[1], size[0], count, skipped)
+        else:
+            kept.append((level, size, count))
+    return kept
 
 
 def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -302,21 +341,20 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed)
-    sizes = pyramid_sizes(content.shape[-2], content.shape[-1], settings)
-    full_content = resize(content.float().to(device), sizes[-1])
+    levels = levels_with_full_patches(loss, pyramid_sizes(content.shape[-2], content.shape[-1], settings),
+                                      settings.steps_per_level(), styles, settings)
+    full_content = resize(content.float().to(device), levels[-1][1])
     target_content, target_styles = full_content, [s.float().to(device) for s in styles]
     if settings.preserve_color:  # luminance-only transfer (Gatys et al. 2017 §5.1)
         target_styles = [match_luminance(s, full_content) for s in target_styles]
         target_content = match_luminance(full_content, full_content)
-    steps = settings.steps_per_level()
-    recorder = _Recorder(settings, sum(steps), progress, callback,
+    recorder = _Recorder(settings, sum(count for _, _, count in levels), progress, callback,
                          full_content if settings.preserve_color else None)
     image = None
     try:
-        for level, (size, level_steps) in enumerate(zip(sizes, steps, strict=True)):
+        for level, size, level_steps in levels:
             level_content = resize(target_content, size)
-            style_side = max(16, round(settings.style_scale * max(size)))
-            level_styles = [resize(s, longer_side_size(*s.shape[-2:], style_side)) for s in target_styles]
+            level_styles = [resize(s, style_size(s, size, settings)) for s in target_styles]
             loss.set_content(level_content)
             loss.set_style(level_styles, style_blend, **options)
             start = (_initial_image(settings, level_content, level_styles, generator) if image is None

@@ -7,6 +7,7 @@ nearest-neighbour upsampling followed by a convolution instead of transposed con
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,6 +16,12 @@ from torch import nn
 
 NORMS = ("instance", "batch")
 UPSAMPLINGS = ("nearest", "transposed")
+#: Bounds on what a config (also one read from an untrusted model file) may ask for. The field's networks
+#: stay far below them: Johnson et al. 2016 use 5 residual blocks of 128 channels, the ResNet generator of
+#: CycleGAN (Zhu et al. 2017) 9 blocks of 256. 64 blocks of 1024 channels (4 * MAX_BASE_WIDTH) is already
+#: a 1.2e9-parameter (4.8 GB) network; a larger ask is a broken or hostile file, not a style model.
+MAX_RESIDUAL_BLOCKS = 64
+MAX_BASE_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,14 @@ class TransformerConfig:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.upsample not in UPSAMPLINGS:
             raise ValueError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
-        if self.width <= 0 or self.residual_blocks < 0:
-            raise ValueError("width must be > 0 and residual_blocks >= 0")
+        if not math.isfinite(self.width) or self.width <= 0 or self.base_channels < 1:
+            raise ValueError(f"width must be a finite number > 0 and base_channels >= 1, got width={self.width}, "
+                             f"base_channels={self.base_channels}")
+        if not 0 <= self.residual_blocks <= MAX_RESIDUAL_BLOCKS:
+            raise ValueError(f"residual_blocks must be in 0..{MAX_RESIDUAL_BLOCKS}, got {self.residual_blocks}")
+        if self.base_channels * self.width > MAX_BASE_WIDTH:
+            raise ValueError(f"base_channels * width must be at most {MAX_BASE_WIDTH} (the first level's channels), "
+                             f"got {self.base_channels} * {self.width}")
 
     def channels(self) -> tuple[int, int, int]:
         """Channel widths of the three resolution levels (full, 1/2, 1/4)."""

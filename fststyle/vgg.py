@@ -197,6 +197,15 @@ class VGGFeatures(nn.Module):
             )
         self.body.load_state_dict({k: features[k] for k in wanted})
 
+    def feature_size(self, layer: str, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of ``layer``'s feature map for a height x width input: every 2x2 pooling before it floors a half;
+        the 3x3 convolutions are padded and keep the size."""
+        names = layer_names(self.arch)
+        for name in names[:self._index(names, layer)]:
+            if name.startswith("pool"):
+                height, width = height // 2, width // 2
+        return height, width
+
     def train(self, mode: bool = True) -> VGGFeatures:
         """Stay in eval mode whatever the caller asks (a LightningModule calls ``.train()`` on children)."""
         return super().train(False)

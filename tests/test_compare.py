@@ -224,3 +224,57 @@ def test_command_line_through_infer_py_reports_bad_photos_with_exit_status_1(tmp
     assert report["image_size"] == 32 and len(report["photos"]) == 1 and len(report["failures"]) == 1
     assert "infer.py --config-name compare" in report["provenance"]["command"]
     assert result.returncode == 1
+
+
+def test_an_engine_failing_on_one_photo_is_reported_and_the_rest_still_runs(tmp_path):
+    model = tiny_model(tmp_path / "m.safetensors")
+    photos = photo_folder(tmp_path, count=1)
+    # a 15:1 panorama: at the comparison's 48 px it is 3 px high, too small for any 3x3 MRF patch; fast copes
+    Image.new("RGB", (240, 16), (200, 120, 40)).save(photos / "panorama.jpg")
+    cfg = compose_compare(model, f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
+                          "engines=[fast,mrf]", f"image_size={IMAGE_SIZE}", "cell_height=40", *SLOW_OVERRIDES)
+    assert run(cfg) == 1
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    rows = {row["name"]: row for row in report["photos"]}
+    assert set(rows) == {"000000000030", "panorama"}
+    assert set(rows["000000000030"]["results"]["mrf"]) == {"image", "seconds", "peak_memory_bytes", "losses"}
+    assert rows["panorama"]["results"]["fast"]["losses"]["total"] > 0
+    error = rows["panorama"]["results"]["mrf"]["error"]
+    assert error.startswith("PatchSizeError: image_size=48 is too small for the MRF loss: relu3_1 of the 48x3 px")
+    assert report["failures"] == [{"photo": str(photos / "panorama.jpg"), "engine": "mrf", "error": error}]
+    assert report["summary"]["engines"]["mrf"]["photos"] == 1 and report["summary"]["engines"]["fast"]["photos"] == 2
+    assert (tmp_path / "out/strips/panorama.png").is_file() and not (tmp_path / "out/mrf/panorama.png").exists()
+    markdown = (tmp_path / "out/report.md").read_text()
+    assert "| mrf | **failed**: PatchSizeError: image_size=48 is too small" in markdown
+    assert f"- `{photos / 'panorama.jpg'}` (mrf): PatchSizeError" in markdown
+
+
+def test_style_paths_in_the_metadata_are_never_read(tmp_path):
+    torch.manual_seed(0)
+    painting = REPO / "data/styles/starry_night.jpg"
+    info = {"style": {"name": "starry_night", "paths": [str(painting)], "size": STYLE_SIZE}, "loss": LOSS,
+            "image_size": IMAGE_SIZE, "steps": 0}
+    model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), tmp_path / "nostyle.safetensors", info)
+    with pytest.raises(ComparisonError, match=r"nostyle\.safetensors: the model stores no style image, and compare "
+                                              r"never reads the style\.paths .* style=painting\.jpg"):
+        compare(model, [], tmp_path / "out", engines=["fast"], engine_configs={})
+    # the user may name the style image
+    (image,) = style_images(model, info, [painting])
+    assert torch.equal(image, load_image(painting, STYLE_SIZE))
+
+
+def test_a_vgg_weights_file_named_in_the_metadata_is_loaded_only_when_the_user_names_it(tmp_path):
+    weights = tmp_path / "vgg19.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, weights)
+    loss = {**LOSS, "network": {"arch": "vgg19", "weights": str(weights)}}
+    model = tiny_model(tmp_path / "m.safetensors", metadata={"style": {"name": "x"}, "loss": loss, "steps": 0})
+    with pytest.raises(ComparisonError, match=r"m\.safetensors: its training loss takes VGG weights from the file "
+                                              r"'.*vgg19\.pth' named in its metadata.*set loss_weights="):
+        compare(model, [], tmp_path / "out", engines=["fast"], engine_configs={})
+    assert not (tmp_path / "out").exists()
+    # named by the user, that file is used (and here refused as incomplete), or any named source instead
+    with pytest.raises(ComparisonError, match=r"cannot be rebuilt \(VGG weights from .*vgg19\.pth lack"):
+        compare(model, [], tmp_path / "out", engines=["fast"], engine_configs={}, loss_weights=str(weights))
+    report = compare(model, [], tmp_path / "out", engines=["fast"], engine_configs={}, loss_weights="caffe",
+                     progress=False)
+    assert report["photos"] == [] and (tmp_path / "out/report.json").is_file()

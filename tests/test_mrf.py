@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fststyle.errors import UserError
 from fststyle.images import load_image
 from fststyle.losses import (
     STYLE_LOSSES,
@@ -15,6 +16,7 @@ from fststyle.losses import (
     nearest_patches,
     normalise_patches,
 )
+from fststyle.losses.mrf import augmented_sizes
 from fststyle.vgg import VGGFeatures
 
 LAYERS = {"relu3_1": 1.0, "relu4_1": 1.0}
@@ -119,3 +121,29 @@ def test_augmentation_enlarges_the_bank(vgg, style):
     for mrf in (plain, augmented):
         PerceptualLoss(vgg, {}, mrf).set_style(style)
     assert augmented.bank_relu3_1.shape[0] > 2 * plain.bank_relu3_1.shape[0]
+
+
+def test_feature_sizes_and_copy_sizes_are_computed_without_running_anything():
+    random_vgg = VGGFeatures("vgg19", weights="random", layers=["relu4_1"])
+    for height, width in [(21, 32), (37, 61), (8, 8)]:
+        features = random_vgg(torch.rand(1, 3, height, width), ["relu1_1", "relu3_1", "relu4_1"])
+        for layer, tensor in features.items():
+            assert random_vgg.feature_size(layer, height, width) == tuple(tensor.shape[-2:]), (layer, height, width)
+    image = torch.rand(1, 3, 40, 61)
+    copies = augmented_styles(image, rotations=2, scales=1)
+    assert augmented_sizes(40, 61, rotations=2, scales=1) == [tuple(c.shape[-2:]) for c in copies]
+
+
+def test_too_small_feature_maps_are_user_errors_that_name_the_layer():
+    random_vgg = VGGFeatures("vgg19", weights="random", layers=["relu4_1"])
+    loss = PerceptualLoss(random_vgg, {}, MRFStyleLoss(LAYERS))
+    with pytest.raises(UserError, match=r"relu4_1 of the style image is 4x2, smaller than the 3x3 MRF patch.*"
+                                        r"use a larger image_size or style_scale"):
+        loss.set_style(torch.rand(1, 3, 21, 32))  # 21 px high: relu4_1 is 2 high
+    loss.set_style(torch.rand(1, 3, 32, 32))
+    with pytest.raises(UserError, match=r"relu4_1 of the output is 4x2, smaller than the 3x3 MRF patch: the image "
+                                        r"is too small for the MRF loss; use a larger image_size"):
+        loss(torch.rand(1, 3, 21, 32))
+    assert loss.style.size_problem(random_vgg, (21, 32), [(32, 32)]) == \
+        "relu4_1 of the 32x21 px output is 4x2, smaller than the 3x3 MRF patch"
+    assert loss.style.size_problem(random_vgg, (32, 32), [(32, 32)]) is None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fststyle.errors import UserError
 from fststyle.export import load_style_model, save_style_model
 from fststyle.onnx_export import PortableTransformer, export_model
 from fststyle.transformer import TransformerNet
@@ -81,3 +84,14 @@ def test_export_refuses_bad_requests(model: tuple[Path, TransformerNet]) -> None
         export_model(path, "safetensors", path.with_name("copy.safetensors"))
     with pytest.raises(ValueError, match="overwrite"):
         export_model(path, "onnx", path)
+
+
+def test_onnx_export_without_the_extra_names_the_install_command(model: tuple[Path, TransformerNet],
+                                                                 tmp_path: Path, monkeypatch) -> None:
+    path, _ = model
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import onnx` now raises ImportError, as when not installed
+    with pytest.raises(UserError, match=re.escape('export=onnx needs onnx and onnxscript, which are not installed: '
+                                                  'pip install "fststyle[onnx]"')):
+        export_model(path, "onnx", tmp_path / "tiny.onnx")
+    assert not (tmp_path / "tiny.onnx").exists()

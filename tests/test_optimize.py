@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fststyle.color import rgb_to_yiq
+from fststyle.errors import UserError
 from fststyle.images import load_image
 from fststyle.losses import GramStyleLoss, PerceptualLoss
 from fststyle.optimize import (
@@ -169,3 +170,44 @@ def test_infer_cli_writes_the_image_and_the_json(bundled_data, tmp_path):
     assert report["engine"] == "gatys" and report["settings"]["steps"] == 2 and report["seconds"] > 0
     assert [h["step"] for h in report["history"]] == [0, 1, 2] and "style.relu1_1" in report["final"]
     assert not list(output.parent.glob(".*")), "no temporary files may be left behind"
+
+
+@pytest.fixture(scope="module")
+def random_mrf() -> PerceptualLoss:
+    """conf/engine/mrf.yaml's layers and patches on a random VGG-19 (the pyramid logic needs no real weights)."""
+    return PerceptualLoss.from_config({"network": {"arch": "vgg19", "weights": "random"},
+                                       "content_layers": {"relu4_2": 1.0},
+                                       "style_layers": {"relu3_1": 1.0, "relu4_1": 1.0}, "style_loss": "mrf",
+                                       "mrf": {"patch_size": 3, "stride": 2, "style_stride": 2}})
+
+
+def test_mrf_pyramid_skips_levels_too_small_for_the_patch_and_says_so(random_mrf, caplog):
+    # the issue's case: a 400x600 (portrait) photo at 128 px, 3 levels: the coarsest is 21x32, relu4_1 there 2x4
+    settings = OptimizeSettings(steps=1, image_size=128, pyramid_levels=3, level_steps=[3, 2, 1], optimizer="adam")
+    with caplog.at_level("WARNING", logger="fststyle.optimize"):
+        result = optimize_image(torch.rand(1, 3, 600, 400), [torch.rand(1, 3, 96, 120)], random_mrf, settings,
+                                progress=False)
+    assert result.image.shape[-2:] == (128, 85)
+    assert sorted({h["level"] for h in result.history}) == [1, 2]  # pyramid levels 2 and 3 ran, with 2 + 1 steps
+    assert max(h["step"] for h in result.history) == 3
+    (warning,) = caplog.records
+    assert warning.getMessage() == ("MRF pyramid level 1 of 3 (21x32 px) skipped with its 3 steps: relu4_1 of the "
+                                    "21x32 px output is 2x4, smaller than the 3x3 MRF patch")
+
+
+def test_mrf_pyramid_checks_the_style_images_too(random_mrf, caplog):
+    # a 4:1 panorama as the style: its copy at the 64 px level is 16 px high, relu4_1 of it only 2 px
+    with caplog.at_level("WARNING", logger="fststyle.optimize"):
+        result = optimize_image(torch.rand(1, 3, 64, 64), [torch.rand(1, 3, 25, 100)], random_mrf,
+                                OptimizeSettings(steps=1, image_size=128, pyramid_levels=3), progress=False)
+    assert {h["level"] for h in result.history} == {2}
+    assert [r.getMessage().split(": ")[1] for r in caplog.records] == [
+        "relu3_1 of the 32x8 px style image is 8x2, smaller than the 3x3 MRF patch",
+        "relu4_1 of the 64x16 px style image is 8x2, smaller than the 3x3 MRF patch"]
+
+
+def test_mrf_image_too_small_even_at_the_finest_level_is_a_user_error(random_mrf):
+    with pytest.raises(UserError, match=r"image_size=20 is too small for the MRF loss: relu4_1 of the 13x20 px "
+                                        r"output is 1x2, smaller than the 3x3 MRF patch; use a larger image_size"):
+        optimize_image(torch.rand(1, 3, 600, 400), [torch.rand(1, 3, 96, 120)], random_mrf,
+                       OptimizeSettings(steps=1, image_size=20, pyramid_levels=1), progress=False)

@@ -16,20 +16,37 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import InterpolationMode, rotate
 
+from fststyle.errors import UserError
 from fststyle.losses.functional import feature_mse
 from fststyle.losses.perceptual import Features, StyleLoss
+from fststyle.vgg import VGGFeatures
 
 #: CNNMRF's fixed augmentation steps (chuanli11/CNNMRF, transfer_CNNMRF_wrapper.lua: target_step_rotation
 #: = pi/24, target_step_scale = 1.05)
 ROTATION_STEP = math.pi / 24
 SCALE_STEP = 1.05
+#: most rotated / scaled copies per side: 12 rotation steps reach pi/2, 12 scale steps 1.05^12 = 1.8;
+#: CNNMRF's examples use 1. A style-loss config may come from a model file, so its copy count is bounded.
+MAX_AUGMENTATION_STEPS = 12
+
+
+class PatchSizeError(UserError):
+    """A feature map smaller than the MRF patch: the image (or a pyramid level of it) is too small."""
+
+
+def patch_size_problem(layer: str, height: int, width: int, patch: int, what: str) -> str | None:
+    """Why a ``height`` x ``width`` feature map of ``layer`` holds no ``patch`` x ``patch`` patch, or None
+    (sizes written width x height, as image sizes are)."""
+    if height >= patch and width >= patch:
+        return None
+    return f"{layer} of the {what} is {width}x{height}, smaller than the {patch}x{patch} MRF patch"
 
 
 def extract_patches(features: torch.Tensor, size: int, stride: int = 1) -> torch.Tensor:
     """All size x size patches of features N,C,H,W (every ``stride`` pixels) -> L,C,size,size."""
     n, c, h, w = features.shape
     if h < size or w < size:
-        raise ValueError(f"a {h}x{w} feature map is smaller than the {size}x{size} MRF patch; use a larger image")
+        raise PatchSizeError(f"a {w}x{h} feature map is smaller than the {size}x{size} MRF patch; use a larger image")
     columns = F.unfold(features, size, stride=stride)  # N, C*size*size, L per image
     return columns.transpose(1, 2).reshape(-1, c, size, size)
 
@@ -65,6 +82,27 @@ def nearest_patches(features: torch.Tensor, normalised_bank: torch.Tensor, strid
     return best_index
 
 
+def _rotation_crop(height: int, width: int, angle: float) -> tuple[int, int]:
+    """Size of the largest centred rectangle without empty corners in a height x width image rotated by ``angle``."""
+    cos, sin = abs(math.cos(angle)), abs(math.sin(angle))
+    keep = min(width / (width * cos + height * sin), height / (width * sin + height * cos))
+    return max(1, int(height * keep)), max(1, int(width * keep))
+
+
+def _scaled(height: int, width: int, factor: float) -> tuple[int, int]:
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def augmented_sizes(height: int, width: int, rotations: int = 0, scales: int = 0,
+                    rotation_step: float = ROTATION_STEP, scale_step: float = SCALE_STEP) -> list[tuple[int, int]]:
+    """The (H, W) of each copy ``augmented_styles`` makes of a height x width image, in the same order."""
+    sizes = []
+    for r in range(-rotations, rotations + 1):
+        cropped = _rotation_crop(height, width, r * rotation_step) if r else (height, width)
+        sizes += [_scaled(*cropped, scale_step**s) if s else cropped for s in range(-scales, scales + 1)]
+    return sizes
+
+
 def augmented_styles(image: torch.Tensor, rotations: int = 0, scales: int = 0, rotation_step: float = ROTATION_STEP,
                      scale_step: float = SCALE_STEP) -> list[torch.Tensor]:
     """CNNMRF's style augmentation: 1,3,H,W -> (2*rotations+1) * (2*scales+1) images, rotated by multiples of
@@ -77,14 +115,11 @@ def augmented_styles(image: torch.Tensor, rotations: int = 0, scales: int = 0, r
         rotated = image
         if r:
             rotated = rotate(image, math.degrees(angle), interpolation=InterpolationMode.BILINEAR)
-            cos, sin = abs(math.cos(angle)), abs(math.sin(angle))
-            keep = min(width / (width * cos + height * sin), height / (width * sin + height * cos))
-            crop_h, crop_w = max(1, int(height * keep)), max(1, int(width * keep))
+            crop_h, crop_w = _rotation_crop(height, width, angle)
             top, left = (height - crop_h) // 2, (width - crop_w) // 2
             rotated = rotated[..., top:top + crop_h, left:left + crop_w]
         for s in range(-scales, scales + 1):
-            factor = scale_step**s
-            size = (max(1, round(rotated.shape[-2] * factor)), max(1, round(rotated.shape[-1] * factor)))
+            size = _scaled(*rotated.shape[-2:], scale_step**s)
             scaled = rotated if s == 0 else F.interpolate(rotated, size=size, mode="bilinear", antialias=True,
                                                           align_corners=False)
             copies.append(scaled.contiguous())
@@ -102,12 +137,28 @@ class MRFStyleLoss(StyleLoss):
         super().__init__(layer_weights)
         if patch_size < 1 or stride < 1 or style_stride < 1:
             raise ValueError("patch_size, stride and style_stride must be >= 1")
-        if rotations < 0 or scales < 0:
-            raise ValueError("rotations and scales count copies on each side and must be >= 0")
+        if not (0 <= rotations <= MAX_AUGMENTATION_STEPS and 0 <= scales <= MAX_AUGMENTATION_STEPS):
+            raise ValueError(f"rotations and scales count copies on each side and must be in "
+                             f"0..{MAX_AUGMENTATION_STEPS}, got {rotations} and {scales}")
         self.patch_size, self.stride, self.style_stride = int(patch_size), int(stride), int(style_stride)
         self.chunk_size = int(chunk_size) if chunk_size else None
         self.rotations, self.scales = int(rotations), int(scales)
         self.rotation_step, self.scale_step = float(rotation_step), float(scale_step)
+
+    def size_problem(self, vgg: VGGFeatures, output_size: tuple[int, int],
+                     style_sizes: Sequence[tuple[int, int]]) -> str | None:
+        """Why an output image of ``output_size`` (H, W) and style images of ``style_sizes`` (before CNNMRF's
+        copies) leave some MRF layer without a full patch, or None when every layer has one."""
+        images = [("output", output_size)] + [
+            ("style image", size) for style in style_sizes
+            for size in augmented_sizes(*style, self.rotations, self.scales, self.rotation_step, self.scale_step)]
+        for what, (height, width) in images:
+            for layer in self.layers:
+                problem = patch_size_problem(layer, *vgg.feature_size(layer, height, width), self.patch_size,
+                                             f"{width}x{height} px {what}")
+                if problem:
+                    return problem
+        return None
 
     def set_targets_from_images(self, vgg: torch.nn.Module, images: Sequence[torch.Tensor], blend: Sequence[float],
                                 **options: Any) -> None:
@@ -128,6 +179,11 @@ class MRFStyleLoss(StyleLoss):
             raise ValueError(f"the MRF loss pools the patches of all styles and cannot weight them; "
                              f"use equal blend weights (0 drops a style), got {list(blend)}")
         for layer in self.layers:
+            for style in used:
+                problem = patch_size_problem(layer, *style[layer].shape[-2:], self.patch_size, "style image")
+                if problem:
+                    raise PatchSizeError(f"{problem}: the style image is too small for the MRF loss; use a larger "
+                                         "image_size or style_scale")
             bank = torch.cat([extract_patches(f[layer].float(), self.patch_size, self.style_stride) for f in used])
             self.register_buffer(f"bank_{layer}", bank, persistent=False)
             self.register_buffer(f"unit_bank_{layer}", normalise_patches(bank), persistent=False)
@@ -136,6 +192,9 @@ class MRFStyleLoss(StyleLoss):
         terms = {}
         for layer, weight in self.layer_weights.items():
             feats = features[layer].float()
+            problem = patch_size_problem(layer, *feats.shape[-2:], self.patch_size, "output")
+            if problem:
+                raise PatchSizeError(f"{problem}: the image is too small for the MRF loss; use a larger image_size")
             bank = getattr(self, f"bank_{layer}")
             index = nearest_patches(feats.detach(), getattr(self, f"unit_bank_{layer}"), self.stride, self.chunk_size)
             patches = F.unfold(feats, self.patch_size, stride=self.stride)  # N, C*k*k, P
