@@ -28,7 +28,13 @@ from tqdm import tqdm
 from fststyle import optimize
 from fststyle.errors import UserError
 from fststyle.export import load_style_model, read_metadata, read_style_image
-from fststyle.files import atomic_write_json, atomic_write_text
+from fststyle.files import (
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    mark_output_folder,
+    refuse_overwriting_inputs,
+)
 from fststyle.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -368,8 +374,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def planned_outputs(output: Path, engines: Sequence[str], names: Sequence[str]) -> list[Path]:
+    """Every file ``compare`` writes into ``output`` for photos with these output ``names``."""
+    files = [output / f"{engine}/{name}.png" for engine in engines for name in names]
+    files += [output / f"strips/{name}.png" for name in names]
+    return [*files, output / "overview.png", output / "report.json", output / "report.md"]
+
+
 def run(cfg: Any) -> int:
-    """Hydra adapter for ``infer.py --config-name compare``: 0 when every photo was compared, 1 otherwise."""
+    """Hydra adapter for ``infer.py --config-name compare``: 0 when every photo was compared, 1 otherwise.
+    The output folder is checked (writable, not an input, no file in it an input) before any model is loaded."""
     from omegaconf import OmegaConf
 
     if cfg.get("model") is None or cfg.get("input") is None:
@@ -388,8 +402,16 @@ def run(cfg: Any) -> int:
                if name != "fast" and cfg.get(name) is not None}
     provenance = {"command": "python " + shlex.join(sys.argv), "config": OmegaConf.to_container(cfg, resolve=True)}
     output = Path(cfg.output or "compare_out")
+    check_engines(engines, configs)
+    if not Path(cfg.model).is_file():
+        raise ComparisonError(f"model not found: {cfg.model}; pass model=path/to/style.safetensors")
+    check_writable(output, folder=True)
+    inputs = [source, Path(cfg.model)]
+    refuse_overwriting_inputs([*inputs, *photos], [output, *planned_outputs(output, engines, _photo_names(photos, root))])
+    device = resolve_device(str(cfg.device))
+    mark_output_folder(output, inputs)
     report = compare(cfg.model, photos, output, engines=engines, engine_configs=configs,
-                     image_size=cfg.get("image_size"), device=resolve_device(str(cfg.device)), seed=int(cfg.seed),
+                     image_size=cfg.get("image_size"), device=device, seed=int(cfg.seed),
                      cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance)
     log.info("wrote %s and %s", output / "report.md", output / "report.json")
     if report["failures"]:
