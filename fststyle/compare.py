@@ -28,7 +28,13 @@ from tqdm import tqdm
 from fststyle import optimize
 from fststyle.errors import UserError
 from fststyle.export import load_style_model, read_metadata, read_style_image
-from fststyle.files import atomic_write_json, atomic_write_text
+from fststyle.files import (
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    mark_output_folder,
+    refuse_overwriting_inputs,
+)
 from fststyle.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -48,6 +54,8 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("fast", "gatys", "mrf")
 LOSS_TERMS = ("content", "style", "tv", "total")
+#: the overview grid and the two reports in the output folder
+REPORT_FILES = ("overview.png", "report.json", "report.md")
 #: Johnson et al. 2016 train at 256x256 and compare objective values with Gatys et al. at that size (Fig. 5).
 DEFAULT_IMAGE_SIZE = 256
 
@@ -277,6 +285,7 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
     runner = _Engines(model, engines, engine_configs, styles, blend, size, device, seed, progress)
     photos = [Path(p) for p in photos]
     names = _photo_names(photos, Path(photo_root) if photo_root is not None else None)
+    mark_output_folder(output, [model, *photos])
 
     rows, failures, strips = [], [], []
     for photo, name in tqdm(list(zip(photos, names, strict=True)), desc="compare", unit="photo",
@@ -293,7 +302,7 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
         for engine in engines:
             try:
                 outputs[engine], row["results"][engine] = _scored_run(runner, engine, content, loss,
-                                                                      output / engine / f"{name}.png", output)
+                                                                      output / engine_image(engine, name), output)
             except Exception as error:  # one engine failing on one photo must not cost the other results
                 message = f"{type(error).__name__}: {error}"
                 log.error("%s failed on %s: %s", engine, photo, message, exc_info=not isinstance(error, UserError))
@@ -302,7 +311,7 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
         cells = [content, *styles, *(outputs[e] for e in engines)]
         labels = [*column_labels(len(styles), engines)[:-len(engines)],
                   *(_cell_label(e, row["results"][e]) for e in engines)]
-        row["strip"] = f"strips/{name}.png"
+        row["strip"] = strip_image(name)
         save_image(labelled_grid([cells], col_labels=labels, cell_height=cell_height), output / row["strip"])
         strips.append(cells)
         rows.append(row)
@@ -319,13 +328,14 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
         "failures": failures,
         "summary": summarise(rows, engines),
     }
+    overview_file, json_file, markdown_file = REPORT_FILES
     if strips:
-        report["overview"] = "overview.png"
+        report["overview"] = overview_file
         grid = labelled_grid(strips, col_labels=column_labels(len(styles), engines),
                              row_labels=[row["name"] for row in rows], cell_height=cell_height)
-        save_image(grid, output / "overview.png")
-    atomic_write_json(output / "report.json", report)
-    atomic_write_text(output / "report.md", render_markdown(report))
+        save_image(grid, output / overview_file)
+    atomic_write_json(output / json_file, report)
+    atomic_write_text(output / markdown_file, render_markdown(report))
     return report
 
 
@@ -435,8 +445,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def engine_image(engine: str, name: str) -> str:
+    """Where engine ``engine``'s output for photo ``name`` goes, relative to the output folder."""
+    return f"{engine}/{name}.png"
+
+
+def strip_image(name: str) -> str:
+    """Where the strip (content, style, each engine) of photo ``name`` goes, relative to the output folder."""
+    return f"strips/{name}.png"
+
+
+def planned_outputs(output: Path, engines: Sequence[str], names: Sequence[str]) -> list[Path]:
+    """Every file ``compare`` writes into ``output`` for photos with these output ``names``."""
+    files = [output / engine_image(engine, name) for engine in engines for name in names]
+    files += [output / strip_image(name) for name in names]
+    return [*files, *(output / report_file for report_file in REPORT_FILES)]
+
+
 def run(cfg: Any) -> int:
-    """Hydra adapter for ``infer.py --config-name compare``: 0 when every photo was compared, 1 otherwise."""
+    """Hydra adapter for ``infer.py --config-name compare``: 0 when every photo was compared, 1 otherwise.
+    The output folder is checked (writable, not an input, no file in it an input) before any model is loaded."""
     from omegaconf import OmegaConf
 
     if cfg.get("model") is None or cfg.get("input") is None:
@@ -455,11 +483,19 @@ def run(cfg: Any) -> int:
                if name != "fast" and cfg.get(name) is not None}
     provenance = {"command": "python " + shlex.join(sys.argv), "config": OmegaConf.to_container(cfg, resolve=True)}
     output = Path(cfg.output or "compare_out")
+    check_engines(engines, configs)
+    if not Path(cfg.model).is_file():
+        raise ComparisonError(f"model not found: {cfg.model}; pass model=path/to/style.safetensors")
+    check_writable(output, folder=True)
+    style_paths = [cfg.style] if isinstance(cfg.style, str) else cfg.style
+    inputs = [source, Path(cfg.model), *photos, *map(Path, style_paths or [])]
+    refuse_overwriting_inputs(inputs, [output, *planned_outputs(output, engines, _photo_names(photos, root))])
     report = compare(cfg.model, photos, output, engines=engines, engine_configs=configs,
                      image_size=cfg.get("image_size"), device=resolve_device(str(cfg.device)), seed=int(cfg.seed),
-                     cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance)
+                     cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance,
+                     style_paths=style_paths, loss_weights=cfg.get("loss_weights"))
     log.info("wrote %s and %s", output / "report.md", output / "report.json")
     if report["failures"]:
-        log.error("%d of %d photos could not be compared (listed in report.md)", len(report["failures"]), len(photos))
+        log.error("%d failures on %d photos (listed in report.md)", len(report["failures"]), len(photos))
         return 1
     return 0

@@ -27,6 +27,7 @@ from fststyle.images import (
     list_images,
     open_image,
     pil_to_tensor,
+    uint8_to_srgb,
 )
 
 _README_HINT = "see data/README.md for the COCO download links and the expected layout"
@@ -53,7 +54,8 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
     """Decode `path` to a uint8 Tensor[3,H,W] (EXIF-oriented RGB): torchvision first, Pillow for the rest.
 
     torchvision's libjpeg-turbo/libpng decoders handle 8-bit JPEG/PNG/WebP (grey, palette and CMYK
-    JPEG included); 16-bit PNG, TIFF, BMP and anything it rejects go through images.open_image.
+    JPEG included); 16-bit PNG, TIFF, BMP and anything it rejects go through images.open_image. Both
+    convert an embedded ICC profile to sRGB (torchvision ignores it, images.uint8_to_srgb applies it).
     Raises ImageReadError for corrupt or oversized files.
     """
     data = Path(path).read_bytes()
@@ -68,7 +70,7 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
                 apply_exif_orientation=True,
             )
         if decoded.dtype == torch.uint8:
-            return decoded
+            return uint8_to_srgb(decoded, data)
     except RuntimeError:
         pass  # unsupported format or damaged data: Pillow decodes it or names the problem
     rgb, _ = open_image(path, max_pixels=max_pixels)

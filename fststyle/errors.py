@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """A problem with what the user handed us (path, file, model, setting); the message says how to fix it."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """An input file or folder named by the user does not exist (also a FileNotFoundError, as before)."""

@@ -1,4 +1,4 @@
-"""Image I/O: decode anything a user hands us to RGB [0,1] tensors, and write results back safely.
+"""Image I/O: decode anything a user hands us to sRGB [0,1] tensors, and write results back safely.
 
 Plain PyTorch + Pillow (no Lightning, no Hydra) so it works from a notebook.
 """
@@ -6,18 +6,22 @@ Plain PyTorch + Pillow (no Lightning, no Hydra) so it works from a notebook.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import struct
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
 from fststyle.errors import UserError
-from fststyle.files import atomic_write
+from fststyle.files import OUTPUT_MARKER, atomic_write
 
 # Pillow raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS (= 178,956,970 pixels, about
 # 13,400 x 13,400); we keep that same ceiling as our default but raise our own error, which names the
@@ -36,6 +40,17 @@ _SAVE_FORMATS = {
     ".bmp": "BMP",
 }
 _FORMATS_WITH_ALPHA = {"PNG", "WEBP", "TIFF"}
+_FORMATS_WITH_METADATA = {"JPEG", "PNG", "WEBP", "TIFF"}  # Pillow writes ICC profiles and EXIF into these
+DEFAULT_JPEG_QUALITY = 95  # fststyle's fixed value before it became a setting (Pillow's own default is 75)
+#: EXIF tag of the orientation that open_image has already applied to the pixels
+_ORIENTATION = 0x0112
+#: TIFF 6.0 tags that describe a source file's pixel layout (size, samples, compression, strips, tiles,
+#: colour map, thumbnail offsets, ICC tag 34675), not the photo: not carried into an output's EXIF
+_LAYOUT_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 281, 284, 301, 317,
+                          320, 322, 323, 324, 325, 338, 339, 513, 514, 34675})
+#: sRGB-equivalent profiles map every probe colour to within this many 8-bit levels of itself (measured on the
+#: coco128 profiles: "sRGB IEC61966-2.1" variants 1 level, Adobe RGB 143, a camera RGB profile 64)
+_SRGB_TOLERANCE = 1
 _SUPPORTED = "JPEG, PNG, WebP, TIFF, BMP"
 
 # Image.MAX_IMAGE_PIXELS is a process-wide setting; we lift it only while opening, under this lock,
@@ -45,6 +60,88 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 class ImageReadError(UserError):
     """A file could not be decoded as an image, or is larger than allowed; the message says how to fix it."""
+
+
+class Photo(NamedTuple):
+    """A decoded image: "RGB" pixels in sRGB, its "L" alpha (None if opaque), its EXIF without orientation."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None
+    exif: bytes | None
+
+
+@functools.cache
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    """LittleCMS's built-in sRGB profile (IEC 61966-2.1): what decoded images are converted to, outputs carry."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.cache
+def _srgb_icc() -> bytes:
+    return _srgb_profile().tobytes()
+
+
+@functools.cache
+def _probe_colours() -> Image.Image:
+    """A 1xN "RGB" image: grey, red, green and blue ramps (all 256 levels) and a 9x9x9 colour cube."""
+    levels = np.arange(256, dtype=np.uint8)
+    zeros = np.zeros_like(levels)
+    ramps = [np.stack(channels, axis=-1) for channels in
+             ((levels, levels, levels), (levels, zeros, zeros), (zeros, levels, zeros), (zeros, zeros, levels))]
+    grid = np.linspace(0, 255, 9).round().astype(np.uint8)
+    cube = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), axis=-1).reshape(-1, 3)
+    return Image.fromarray(np.concatenate([*ramps, cube])[None])
+
+
+@functools.lru_cache(maxsize=64)
+def _to_srgb_transform(icc: bytes) -> ImageCms.ImageCmsTransform | None:
+    """The RGB -> sRGB transform of an embedded ICC profile; None when no conversion is needed or possible: an
+    sRGB profile (probe colours stay within _SRGB_TOLERANCE), a grey or CMYK profile, or an unreadable one."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "RGB":
+            return None
+        transform = ImageCms.buildTransform(profile, _srgb_profile(), "RGB", "RGB")
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as error:
+        warnings.warn(f"ignoring an unreadable embedded ICC colour profile ({error}); reading the image as sRGB",
+                      stacklevel=4)
+        return None
+    probe = _probe_colours()
+    converted = np.asarray(transform.apply(probe), dtype=np.int16)
+    if np.abs(converted - np.asarray(probe, dtype=np.int16)).max() <= _SRGB_TOLERANCE:
+        return None
+    return transform
+
+
+def _embedded_srgb_transform(data: bytes) -> ImageCms.ImageCmsTransform | None:
+    """The to-sRGB transform of the ICC profile embedded in the encoded image `data` (None: nothing to convert)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # parses the header (and the profile) only
+            icc = img.info.get("icc_profile")
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
+        return None  # the decoders report what is wrong with the file
+    return _to_srgb_transform(icc) if icc else None
+
+
+def uint8_to_srgb(pixels: torch.Tensor, data: bytes) -> torch.Tensor:
+    """uint8 Tensor[3,H,W] decoded from `data` by a decoder that ignores ICC profiles (torchvision's) -> the
+    pixels converted to sRGB as open_image converts them (the same tensor when no conversion is needed)."""
+    transform = _embedded_srgb_transform(data)
+    if transform is None:
+        return pixels
+    converted = transform.apply(Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()))
+    return torch.from_numpy(np.array(converted, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _exif_without_orientation(img: Image.Image) -> bytes | None:
+    """The EXIF block of a decoded image, minus its orientation and TIFF layout tags (None if there is none)."""
+    try:
+        exif = img.getexif()
+        for tag in (_ORIENTATION, *_LAYOUT_TAGS):
+            exif.pop(tag, None)
+        return exif.tobytes() if len(exif) else None
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        return None  # damaged EXIF: the pixels are still good, the metadata is dropped
 
 
 @contextlib.contextmanager
@@ -88,12 +185,19 @@ def _to_rgb_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None
 def open_image(
     path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Image.Image, Image.Image | None]:
-    """Decode `path` (EXIF-oriented) to an "RGB" image and its "L" alpha channel (None if opaque).
+    """Decode `path` (EXIF-oriented, converted to sRGB) to an "RGB" image and its "L" alpha (None if opaque).
 
     Grey, palette, CMYK, LA/RGBA/PA and 16-bit/float modes are converted; 16-bit values are scaled
-    (65535 -> 255), not clipped. Raises ImageReadError for corrupt, truncated, non-image or oversized
-    files; a missing file raises FileNotFoundError.
+    (65535 -> 255), not clipped. An embedded RGB ICC profile (Display P3, Adobe RGB, ...) is converted to
+    sRGB. Raises ImageReadError for corrupt, truncated, non-image or oversized files; a missing file raises
+    FileNotFoundError.
     """
+    photo = read_photo(path, max_pixels=max_pixels)
+    return photo.rgb, photo.alpha
+
+
+def read_photo(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """``open_image`` plus the file's EXIF block without its orientation (already applied to the pixels)."""
     path = Path(path)
     with open(path, "rb") as handle:
         try:
@@ -108,8 +212,13 @@ def open_image(
                     f"(e.g. max_pixels={pixels})."
                 )
             img.load()
+            icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img)
-            return _to_rgb_and_alpha(img)
+            rgb, alpha = _to_rgb_and_alpha(img)
+            transform = _to_srgb_transform(icc) if icc else None
+            if transform is not None:
+                rgb = transform.apply(rgb)
+            return Photo(rgb, alpha, _exif_without_orientation(img))
         except ImageReadError:
             raise
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
@@ -191,24 +300,41 @@ def _alpha_to_pil(alpha: Image.Image | torch.Tensor, size: tuple[int, int]) -> I
     return alpha if alpha.size == size else alpha.resize(size, Image.Resampling.BICUBIC)
 
 
+def check_image_suffix(path: str | os.PathLike) -> Path:
+    """Return `path` if its suffix names an image format save_image writes, else raise UserError."""
+    path = Path(path)
+    if path.suffix.lower() not in _SAVE_FORMATS:
+        raise UserError(
+            f"output {path}: unknown image suffix {path.suffix!r}; use one of {', '.join(sorted(_SAVE_FORMATS))} "
+            f"(e.g. output={path.with_suffix('.png')})"
+        )
+    return path
+
+
+def check_jpeg_quality(quality: int) -> int:
+    """Return `quality` if it is a JPEG/WebP quality Pillow accepts (an integer 1..100), else raise UserError."""
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise UserError(f"jpeg_quality={quality!r} must be an integer from 1 to 100 "
+                        f"(e.g. jpeg_quality={DEFAULT_JPEG_QUALITY}, the default)")
+    return quality
+
+
 def save_image(
     image: torch.Tensor | Image.Image,
     path: str | os.PathLike,
     *,
     alpha: Image.Image | torch.Tensor | None = None,
-    quality: int = 95,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    exif: bytes | None = None,
 ) -> Path:
-    """Write a [0,1] Tensor[3,H,W]/[1,3,H,W] or PIL image atomically; the format follows the suffix.
+    """Write a [0,1] sRGB Tensor[3,H,W]/[1,3,H,W] or PIL image atomically; the format follows the suffix.
 
     `alpha` is attached for PNG, WebP and TIFF and dropped for JPEG and BMP. A PIL image's own alpha
-    is kept unless `alpha` is given. Returns the written path.
+    is kept unless `alpha` is given. JPEG, PNG, WebP and TIFF get an sRGB ICC profile and `exif` (an
+    EXIF block, e.g. ``Photo.exif``); `quality` (1..100) applies to JPEG and WebP. Returns the written path.
     """
-    path = Path(path)
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"{path}: unknown image suffix {path.suffix!r}; use one of {sorted(_SAVE_FORMATS)}"
-        )
+    path = check_image_suffix(path)
+    fmt = _SAVE_FORMATS[path.suffix.lower()]
     if isinstance(image, Image.Image):
         rgb, own_alpha = _to_rgb_and_alpha(image)
         alpha = own_alpha if alpha is None else alpha
@@ -218,25 +344,33 @@ def save_image(
     if alpha is not None and fmt in _FORMATS_WITH_ALPHA:
         out = rgb.copy()
         out.putalpha(_alpha_to_pil(alpha, rgb.size))
-    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    options: dict[str, object] = {}
+    if fmt in ("JPEG", "WEBP"):
+        options["quality"] = check_jpeg_quality(quality)
+    if fmt in _FORMATS_WITH_METADATA:
+        options["icc_profile"] = _srgb_icc()
+        if exif:
+            options["exif"] = exif
     with atomic_write(path) as tmp:
         out.save(tmp, format=fmt, **options)
     return path
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """All image files under `folder` (recursive, sorted); hidden files and folders are skipped."""
+    """All image files under `folder` (recursive, sorted); hidden files and folders are skipped, and so are
+    sub-folders that fststyle wrote outputs into (they hold files.OUTPUT_MARKER)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     found = []
-    for path in folder.rglob("*"):
-        relative_parts = path.relative_to(folder).parts
+    for directory, subfolders, names in os.walk(folder):
         # Skips macOS "._x.jpg" resource forks, .ipynb_checkpoints and our own atomic-write temp files.
-        if any(part.startswith(".") for part in relative_parts):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            found.append(path)
+        subfolders[:] = [name for name in subfolders
+                         if not name.startswith(".") and not os.path.isfile(os.path.join(directory, name, OUTPUT_MARKER))]
+        for name in names:
+            path = Path(directory, name)
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                found.append(path)
     return sorted(found)
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fststyle.errors import UserError
-from fststyle.export import export_checkpoint, load_style_model
-from fststyle.files import atomic_write
+from fststyle.export import ModelFileError, export_checkpoint, load_style_model
+from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
 from fststyle.transformer import TransformerNet, UpsampleConv
 
 #: ONNX opset for the dynamo exporter (opset 18 has Pad with reflect mode and Resize; onnxruntime >= 1.14 runs it)
@@ -106,15 +106,21 @@ def export_model(model_path: str | Path, kind: str, out: str | Path | None = Non
     """``kind`` in onnx | torchscript | safetensors (the last from a training ``.ckpt``); ``out`` defaults to
     the model path with the format's suffix."""
     if kind not in EXPORT_SUFFIXES:
-        raise ValueError(f"export={kind!r} is not a format; use one of {sorted(EXPORT_SUFFIXES)}")
+        raise UserError(f"export={kind!r} is not a format; use one of {sorted(EXPORT_SUFFIXES)}")
     model_path = Path(model_path)
-    out = Path(out) if out is not None else model_path.with_suffix(EXPORT_SUFFIXES[kind])
-    if out.resolve() == model_path.resolve():
-        raise ValueError(f"export would overwrite its own input {model_path}; pass output=<new file>")
+    if not model_path.is_file():
+        raise ModelFileError(f"style model not found: {model_path}; pass model=path/to/style.safetensors")
+    suffix = EXPORT_SUFFIXES[kind]
+    out = Path(out) if out is not None else model_path.with_suffix(suffix)
+    refuse_overwriting_inputs([model_path], [out])
+    if out.suffix != suffix:
+        raise UserError(f"export={kind} writes a {suffix} file, but output={out} ends in {out.suffix!r}; "
+                        f"e.g. output={out.with_suffix(suffix)}")
+    check_writable(out)
     if kind == "onnx":
         return export_onnx(model_path, out)
     if kind == "torchscript":
         return export_torchscript(model_path, out)
     if model_path.suffix != ".ckpt":
-        raise ValueError(f"export=safetensors converts a training .ckpt; {model_path} is already a style model")
+        raise UserError(f"export=safetensors converts a training .ckpt; {model_path} is already a style model")
     return export_checkpoint(model_path, out)

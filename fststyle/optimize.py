@@ -21,8 +21,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fststyle.color import match_luminance, preserve_colors
-from fststyle.losses import GramStyleLoss, MRFStyleLoss, PerceptualLoss, SpatialGramStyleLoss
+from fststyle.errors import InputNotFoundError, UserError
+from fststyle.files import atomic_write_json, check_writable, mark_output_folder, refuse_overwriting_inputs
+from fststyle.losses import GramStyleLoss, MRFStyleLoss, PerceptualLoss, SpatialGramStyleLoss, blend_weights
 from fststyle.losses.mrf import PatchSizeError
+from fststyle.vgg import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +62,17 @@ class OptimizeSettings:
 
     def __post_init__(self) -> None:
         if self.optimizer not in DEFAULT_LR:
-            raise ValueError(f"optimizer must be one of {sorted(DEFAULT_LR)}, got {self.optimizer!r}")
+            raise UserError(f"optimizer must be one of {sorted(DEFAULT_LR)}, got {self.optimizer!r}")
         if self.steps < 1 or self.image_size < 16 or self.pyramid_levels < 1:
-            raise ValueError("steps and pyramid_levels must be >= 1 and image_size >= 16 px")
+            raise UserError("steps and pyramid_levels must be >= 1 and image_size >= 16 px "
+                            f"(got steps={self.steps}, pyramid_levels={self.pyramid_levels}, image_size={self.image_size})")
         if not 0 < self.pyramid_ratio < 1:
-            raise ValueError(f"pyramid_ratio must be in (0, 1), got {self.pyramid_ratio}")
+            raise UserError(f"pyramid_ratio must be in (0, 1), got {self.pyramid_ratio}")
         if self.level_steps is not None and len(self.level_steps) != self.pyramid_levels:
-            raise ValueError(f"level_steps has {len(self.level_steps)} entries for {self.pyramid_levels} "
+            raise UserError(f"level_steps has {len(self.level_steps)} entries for {self.pyramid_levels} "
                              "pyramid levels; give one step count per level")
         if self.save_every and not self.save_dir:
-            raise ValueError("save_every needs save_dir (the folder for intermediate images)")
+            raise UserError("save_every needs save_dir (the folder for intermediate images)")
 
     @property
     def learning_rate(self) -> float:
@@ -97,7 +101,7 @@ def settings_from_config(engine_cfg: Mapping[str, Any]) -> OptimizeSettings:
     values = {k: v for k, v in dict(engine_cfg).items() if k not in ("name", "loss")}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown optimisation settings {unknown}; valid keys: {sorted(known)}")
+        raise UserError(f"unknown optimisation settings {unknown}; valid keys: {sorted(known)}")
     if values.get("level_steps") is not None:
         values["level_steps"] = [int(s) for s in values["level_steps"]]
     return OptimizeSettings(**values)
@@ -106,8 +110,11 @@ def settings_from_config(engine_cfg: Mapping[str, Any]) -> OptimizeSettings:
 def build_loss(engine_cfg: Mapping[str, Any]) -> PerceptualLoss:
     """The engine's ``loss`` config (same keys as conf/loss/) -> a ``PerceptualLoss`` on CPU."""
     if engine_cfg.get("loss") is None:
-        raise ValueError("the engine config has no 'loss' section (see conf/engine/gatys.yaml)")
-    return PerceptualLoss.from_config(engine_cfg["loss"])
+        raise UserError("the engine config has no 'loss' section (see conf/engine/gatys.yaml)")
+    try:
+        return PerceptualLoss.from_config(engine_cfg["loss"])
+    except (ValueError, TypeError, WeightsUnavailableError) as error:
+        raise UserError(f"engine.loss: {error}") from error
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -382,37 +389,66 @@ def _paths(value: Any, what: str) -> list[Path]:
     paths = [Path(str(item)) for item in items]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{what} file not found: {path}. Fix: pass {what}=/path/to/image.jpg "
+            raise InputNotFoundError(f"{what} file not found: {path}. Fix: pass {what}=/path/to/image.jpg "
                                     f"(a list for several: {what}='[a.jpg,b.jpg]')")
     return paths
 
 
+def _step_images(settings: OptimizeSettings) -> list[Path]:
+    """The intermediate images ``save_every`` writes into ``save_dir`` (none when it is 0)."""
+    if not settings.save_every:
+        return []
+    total = sum(settings.steps_per_level())
+    return [Path(settings.save_dir) / f"step_{step:05d}.png" for step in range(settings.save_every, total + 1,
+                                                                              settings.save_every)]
+
+
 def run(cfg: Any) -> int:
-    """Hydra adapter for ``python infer.py engine=gatys|mrf content=... style=... output=...``."""
+    """Hydra adapter for ``python infer.py engine=gatys|mrf content=... style=... output=...``.
+
+    Every user error (missing key or file, bad setting, output suffix, an output that is an input, an
+    unwritable folder) is raised as UserError before the VGG is loaded."""
     from omegaconf import OmegaConf
 
-    from fststyle.files import atomic_write_json
-    from fststyle.images import load_image, save_image
+    from fststyle.images import check_image_suffix, check_jpeg_quality, load_image, save_image
     from fststyle.stylize import resolve_device
 
     for key in ("content", "style", "output"):
         if cfg.get(key) is None:
-            raise ValueError(f"engine={cfg.engine.name} needs {key}=...: e.g. python infer.py engine="
-                             f"{cfg.engine.name} content=photo.jpg style=painting.jpg output=out.png")
+            raise UserError(f"engine={cfg.engine.name} needs {key}=...: e.g. python infer.py engine="
+                            f"{cfg.engine.name} content=photo.jpg style=painting.jpg output=out.png")
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    output = Path(cfg.output)
-    settings = settings_from_config(engine)
-    settings = dataclasses.replace(settings, preserve_color=bool(cfg.preserve_color), seed=int(cfg.seed),
-                                   save_dir=settings.save_dir or str(output.with_name(output.stem + "_steps")))
+    output = check_image_suffix(cfg.output)
+    report_path = output.with_suffix(".json")
+    quality = check_jpeg_quality(cfg.jpeg_quality)
+    settings = settings_from_config({**engine, "preserve_color": bool(cfg.preserve_color), "seed": int(cfg.seed),
+                                     "save_dir": engine.get("save_dir") or str(output.with_name(output.stem + "_steps"))})
     content_path = _paths(cfg.content, "content")[0]
     style_paths = _paths(cfg.style, "style")
     mask_paths = _paths(cfg.content_masks, "content_masks") if cfg.get("content_masks") is not None else None
     style_mask_paths = _paths(cfg.style_masks, "style_masks") if cfg.get("style_masks") is not None else None
+    init_paths = [] if settings.init in INITS else [Path(settings.init)]
+    if init_paths and not init_paths[0].is_file():
+        raise InputNotFoundError(f"engine.init={settings.init!r} is neither one of {', '.join(INITS)} nor an existing "
+                                 "image file; e.g. engine.init=noise or engine.init=start.png")
     for what, paths in (("content_masks", mask_paths), ("style_masks", style_mask_paths)):
         if paths is not None and len(paths) != len(style_paths):
-            raise ValueError(f"got {len(style_paths)} styles but {len(paths)} {what}: give one mask per style, "
-                             f"in the same order, e.g. style='[sky.jpg,sea.jpg]' {what}='[sky.png,sea.png]'")
+            raise UserError(f"got {len(style_paths)} styles but {len(paths)} {what}: give one mask per style, "
+                            f"in the same order, e.g. style='[sky.jpg,sea.jpg]' {what}='[sky.png,sea.png]'")
     blend = list(cfg.style_blend) if cfg.get("style_blend") is not None else None
+    if blend is not None and mask_paths is not None:
+        raise UserError("style_blend and content_masks exclude each other: with masks, each region gets its own "
+                        "style; drop style_blend=")
+    if blend is not None:
+        try:
+            blend_weights(len(style_paths), blend)
+        except ValueError as error:
+            raise UserError(f"style_blend: {error}, e.g. style_blend='[0.7,0.3]' for two styles") from None
+    inputs = [content_path, *style_paths, *(mask_paths or []), *(style_mask_paths or []), *init_paths]
+    step_images = _step_images(settings)
+    refuse_overwriting_inputs(inputs, [output, report_path, *step_images])
+    for path in (output, *step_images[:1]):
+        check_writable(path)
 
     device = resolve_device(str(cfg.device))
     loss = build_loss(engine).to(device)
@@ -421,9 +457,11 @@ def run(cfg: Any) -> int:
     styles = [load_image(path, style_side) for path in style_paths]
     masks = [load_image(path) for path in mask_paths] if mask_paths else None
     style_masks = [load_image(path) for path in style_mask_paths] if style_mask_paths else None
+    if step_images:
+        mark_output_folder(settings.save_dir, inputs)
     result = optimize_image(content, styles, loss, settings, style_blend=blend, content_masks=masks,
                             style_masks=style_masks)
-    save_image(result.image, output)
+    save_image(result.image, output, quality=quality)
     report = {
         "engine": cfg.engine.name,
         "content": str(content_path),
@@ -441,8 +479,8 @@ def run(cfg: Any) -> int:
         "final": result.final_terms,
         "history": result.history,
     }
-    atomic_write_json(output.with_suffix(".json"), report)
-    print(f"wrote {output} and {output.with_suffix('.json').name} ({result.seconds:.1f} s, "
+    atomic_write_json(report_path, report)
+    print(f"wrote {output} and {report_path.name} ({result.seconds:.1f} s, "
           f"final loss {result.final_terms.get('total', float('nan')):.4g})")
     return 0
 

@@ -25,14 +25,20 @@ from tqdm import tqdm
 
 from fststyle import inference_net
 from fststyle.color import preserve_colors
+from fststyle.errors import InputNotFoundError, UserError
 from fststyle.export import load_style_model
+from fststyle.files import check_writable, mark_output_folder, refuse_overwriting_inputs
 from fststyle.images import (
+    DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
     ImageReadError,
+    check_image_suffix,
+    check_jpeg_quality,
     labelled_grid,
     list_images,
     open_image,
     pil_to_tensor,
+    read_photo,
     save_image,
     tensor_to_pil,
 )
@@ -59,9 +65,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"device={device} is not a device ({error}); use device=auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} asked for, but PyTorch sees no CUDA GPU; use device=cpu or device=auto")
+        raise UserError(f"device={device} asked for, but PyTorch sees no CUDA GPU; use device=cpu or device=auto")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); "
+                        f"use device=cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return resolved
 
 
@@ -70,7 +82,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {precision!r}")
+        raise UserError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {precision!r}; "
+                        "e.g. precision=auto")
     return PRECISIONS[precision]
 
 
@@ -117,12 +130,12 @@ class Stylizer:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+            raise UserError(f"strength must be in [0, 1], got {self.strength}; e.g. strength=0.7")
         if self.tile is not None and self.tile < MIN_TILE:
-            raise ValueError(f"tile={self.tile} is too small: every pixel of it would be within the network's "
+            raise UserError(f"tile={self.tile} is too small: every pixel of it would be within the network's "
                              f"{RECEPTIVE_RADIUS} px receptive radius of a cut; use tile >= {MIN_TILE}")
         if self.tile is not None and not 0 <= 2 * self.tile_overlap < self.tile:
-            raise ValueError(f"tile_overlap={self.tile_overlap} must be >= 0 and less than half of tile={self.tile}")
+            raise UserError(f"tile_overlap={self.tile_overlap} must be >= 0 and less than half of tile={self.tile}")
         self.network = self.network.to(self.device, self.dtype).eval()
         self.fast = inference_net.InferenceNet(self.network) if inference_net.supports(self.network) else None
         if self.compile:  # inductor fuses the plain network itself (it fails on InferenceNet's out= writes)
@@ -224,43 +237,81 @@ class Stylizer:
         return statistics
 
 
+def check_file_job(source: str | Path, target: str | Path, grid: str | Path | None = None) -> None:
+    """Raise UserError unless stylising the file ``source`` into ``target`` (and ``grid``) can run: the input
+    exists, the outputs have image suffixes and writable folders, and no output is the input."""
+    source, target = Path(source), Path(target)
+    if not source.is_file():
+        raise InputNotFoundError(f"input not found: {source}; pass input=<photo or folder of photos>")
+    outputs = [target] if grid is None else [target, Path(grid)]
+    for output in outputs:
+        check_writable(check_image_suffix(output))
+    refuse_overwriting_inputs([source], outputs)
+
+
+def check_folder_job(source: str | Path, target: str | Path, grid: str | Path | None = None) -> list[Path]:
+    """The images under the folder ``source``, after the checks of ``check_file_job`` for every output under
+    ``target`` (the input folder itself is refused as ``target``; a folder inside it is fine)."""
+    source, target = Path(source), Path(target)
+    if not source.is_dir():
+        raise InputNotFoundError(f"input folder not found: {source}; pass input=<photo or folder of photos>")
+    check_writable(target, folder=True)
+    outputs = [target]
+    if grid is not None:
+        outputs.append(check_image_suffix(grid))
+        check_writable(grid)
+    paths = list_images(source)
+    refuse_overwriting_inputs([source, *paths], [*outputs, *(target / path.relative_to(source) for path in paths)])
+    return paths
+
+
 def stylize_file(stylizer: Stylizer, source: str | Path, target: str | Path,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
-    """Stylise one image file into ``target`` (format from its suffix; alpha kept where the format has it)."""
-    rgb, alpha = open_image(source, max_pixels=max_pixels)
-    stylised = stylizer.stylize(pil_to_tensor(rgb).unsqueeze(0))
-    return save_image(stylised, target, alpha=alpha)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_JPEG_QUALITY) -> Path:
+    """Stylise one image file into ``target`` (format from its suffix; alpha kept where the format has it;
+    EXIF without orientation carried over; ``quality`` for JPEG/WebP). Refuses to overwrite ``source``."""
+    check_file_job(source, target)
+    photo = read_photo(source, max_pixels=max_pixels)
+    stylised = stylizer.stylize(pil_to_tensor(photo.rgb).unsqueeze(0))
+    return save_image(stylised, target, alpha=photo.alpha, exif=photo.exif, quality=quality)
 
 
 @dataclass
 class FolderReport:
-    """What ``stylize_folder`` did: written outputs, (file, reason) failures, wall seconds."""
+    """What ``stylize_folder`` did: written outputs, outputs skipped as already there, (file, reason) failures,
+    wall seconds."""
 
     written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
         rate = len(self.written) / self.seconds if self.seconds > 0 else 0.0
-        line = f"stylised {len(self.written)} images in {self.seconds:.1f} s ({rate:.2f} images/s)"
+        line = (f"stylised {len(self.written)} images in {self.seconds:.1f} s ({rate:.2f} images/s): "
+                f"{len(self.written)} written, {len(self.skipped)} skipped (already there), {len(self.failed)} failed")
         if self.failed:
-            line += f"; {len(self.failed)} failed: " + ", ".join(str(path) for path, _ in self.failed)
+            line += ": " + ", ".join(str(path) for path, _ in self.failed)
         return line
 
 
 def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, batch_size: int = 4,
                    max_pixels: int = DEFAULT_MAX_PIXELS, grid: str | Path | None = None,
-                   grid_cell_height: int = 256) -> FolderReport:
+                   grid_cell_height: int = 256, quality: int = DEFAULT_JPEG_QUALITY,
+                   skip_existing: bool = False) -> FolderReport:
     """Stylise every image under ``source`` (recursive) into the same relative paths under ``target``.
 
     Images of equal size run together in batches of up to ``batch_size``. A file that cannot be read or
     written is logged by name and skipped; the others are still written. ``grid``: also write a labelled
-    (photo | stylised) grid of every processed image there."""
+    (photo | stylised) grid of every processed image there. ``skip_existing``: leave outputs that are already
+    there (writes are atomic, so they are complete) and stylise only the rest, to resume an interrupted run.
+    Refuses (before any work) to write onto an input; ``target`` is marked as an output folder, so it may
+    lie inside ``source`` without becoming an input of a later run."""
     source, target = Path(source), Path(target)
-    paths = list_images(source)
+    paths = check_folder_job(source, target, grid)
+    mark_output_folder(target, [source])
     report = FolderReport()
     thumbnails: list[tuple[str, Image.Image, Image.Image]] = []
-    pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor, Image.Image | None]]] = {}
+    pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor, Image.Image | None, bytes | None]]] = {}
 
     def thumbnail(image: torch.Tensor | Image.Image) -> Image.Image:
         picture = tensor_to_pil(image) if isinstance(image, torch.Tensor) else image.copy()
@@ -270,17 +321,17 @@ def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, b
     def flush(size: tuple[int, int]) -> None:
         items = pending.pop(size)
         try:
-            stylised = stylizer.stylize(torch.stack([image for _, image, _ in items]))
+            stylised = stylizer.stylize(torch.stack([image for _, image, _, _ in items]))
         except RuntimeError as error:  # out of memory on a huge batch: name every file, go on
-            for path, _, _ in items:
+            for path, _, _, _ in items:
                 report.failed.append((path, f"{type(error).__name__}: {error}"))
                 log.error("%s: stylisation failed (%s); try tile=1024 or batch_size=1", path, error)
             progress.update(len(items))
             return
-        for (path, image, alpha), output in zip(items, stylised, strict=True):
+        for (path, image, alpha, exif), output in zip(items, stylised, strict=True):
             destination = target / path.relative_to(source)
             try:
-                save_image(output, destination, alpha=alpha)
+                save_image(output, destination, alpha=alpha, exif=exif, quality=quality)
             except (OSError, ValueError) as error:
                 report.failed.append((path, str(error)))
                 log.error("%s: cannot write %s (%s)", path, destination, error)
@@ -294,16 +345,21 @@ def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, b
     start = time.perf_counter()
     progress = tqdm(total=len(paths), desc=f"stylising {source}", unit="image")
     for path in paths:
+        destination = target / path.relative_to(source)
+        if skip_existing and destination.exists():
+            report.skipped.append(destination)
+            progress.update(1)
+            continue
         try:
-            rgb, alpha = open_image(path, max_pixels=max_pixels)
+            photo = read_photo(path, max_pixels=max_pixels)
         except (ImageReadError, OSError) as error:
             report.failed.append((path, str(error)))
             log.error("skipping %s", error)
             progress.update(1)
             continue
-        image = pil_to_tensor(rgb)
+        image = pil_to_tensor(photo.rgb)
         size = (image.shape[-2], image.shape[-1])
-        pending.setdefault(size, []).append((path, image, alpha))
+        pending.setdefault(size, []).append((path, image, photo.alpha, photo.exif))
         if len(pending[size]) >= batch_size:
             flush(size)
         elif sum(len(group) for group in pending.values()) >= 4 * batch_size:  # bound decoded images held
@@ -333,47 +389,52 @@ def default_output(source: Path, style_name: str) -> Path:
     return source.with_name(f"{source.stem}_{style_name}{source.suffix}")
 
 
+def _load_stylizer(cfg: Any) -> Stylizer:
+    """The ``Stylizer`` that the ``infer.yaml`` keys describe."""
+    return Stylizer.load(
+        cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
+        strength=cfg.strength, preserve_color=cfg.preserve_color, compile=cfg.compile,
+        statistics_size=cfg.tile_statistics_size,
+    )
+
+
 def run(cfg: Any) -> int:
     """Hydra adapter for ``infer.py engine=fast``: stylise ``input`` (file or folder) or ``export`` ``model``.
-    Returns the process exit status: 0 on success, 1 when any image failed, 2 for unusable settings."""
-    from fststyle.export import ModelFileError
+    Returns the process exit status: 0 on success, 1 when any image of a folder failed; raises UserError for
+    unusable settings, checked (with an explicit ``output``) before the model is loaded."""
     from fststyle.onnx_export import export_model
 
     if cfg.model is None:
-        log.error("no style model given: add model=path/to/style.safetensors")
-        return 2
-    try:
-        if cfg.get("export"):
-            written = export_model(cfg.model, cfg.export, cfg.output)
-            log.info("wrote %s", written)
-            return 0
-        if cfg.input is None:
-            log.error("nothing to stylise: add input=photo.jpg or input=photos/")
-            return 2
-        stylizer = Stylizer.load(
-            cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-            strength=cfg.strength, preserve_color=cfg.preserve_color, compile=cfg.compile,
-            statistics_size=cfg.tile_statistics_size,
-        )
-    except (ModelFileError, ValueError) as error:
-        log.error("%s", error)
-        return 2
+        raise UserError("no style model given: add model=path/to/style.safetensors "
+                        "(e.g. model=checkpoints/starry_night.safetensors)")
+    if cfg.get("export"):
+        log.info("wrote %s", export_model(cfg.model, cfg.export, cfg.output))
+        return 0
+    if cfg.input is None:
+        raise UserError("nothing to stylise: add input=photo.jpg or input=photos/")
     source = Path(cfg.input)
-    output = Path(cfg.output) if cfg.output is not None else default_output(source, stylizer.style_name)
+    if not source.exists():
+        raise InputNotFoundError(f"input not found: {source}; pass input=<photo or folder of photos>")
+    quality = check_jpeg_quality(cfg.jpeg_quality)
     max_pixels = cfg.max_pixels if cfg.max_pixels is not None else DEFAULT_MAX_PIXELS
+    stylizer = None if cfg.output is not None else _load_stylizer(cfg)  # the default output names the style
+    output = Path(cfg.output) if cfg.output is not None else default_output(source, stylizer.style_name)
     if source.is_dir():
-        report = stylize_folder(stylizer, source, output, batch_size=cfg.batch_size, max_pixels=max_pixels,
-                                grid=cfg.grid)
+        check_folder_job(source, output, cfg.grid)
+        report = stylize_folder(stylizer or _load_stylizer(cfg), source, output, batch_size=cfg.batch_size,
+                                max_pixels=max_pixels, grid=cfg.grid, quality=quality,
+                                skip_existing=cfg.skip_existing)
         log.info("%s", report.summary())
         return 1 if report.failed else 0
     if output.is_dir() or str(cfg.output or "").endswith(("/", "\\")):
         output = output / source.name
+    check_file_job(source, output, cfg.grid)
+    if cfg.skip_existing and output.exists():
+        log.info("skipped %s: it exists (skip_existing=true)", output)
+        return 0
+    stylizer = stylizer or _load_stylizer(cfg)
     start = time.perf_counter()
-    try:
-        stylize_file(stylizer, source, output, max_pixels=max_pixels)
-    except (ImageReadError, OSError, ValueError) as error:
-        log.error("%s", error)
-        return 1
+    stylize_file(stylizer, source, output, max_pixels=max_pixels, quality=quality)
     log.info("wrote %s in %.2f s", output, time.perf_counter() - start)
     if cfg.grid is not None:
         write_grid([(open_image(source, max_pixels=max_pixels)[0], open_image(output)[0])], [source.name],

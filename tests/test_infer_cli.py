@@ -1,7 +1,8 @@
-"""``python infer.py`` end to end for engine=fast: a file and a folder, via the real CLI and Hydra compose."""
+"""``python infer.py`` end to end: files and folders via the real CLI and Hydra compose; user errors are one line, exit 2."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from fststyle.export import save_style_model
+from fststyle.compare import run as compare_run
+from fststyle.errors import UserError
+from fststyle.export import ModelFileError, save_style_model
+from fststyle.files import OUTPUT_MARKER, OverwriteError
+from fststyle.images import list_images
+from fststyle.optimize import run as optimize_run
 from fststyle.stylize import run
 from fststyle.transformer import TransformerNet
 
@@ -31,9 +37,9 @@ def _infer(*overrides: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _config(*overrides: str):
+def _config(*overrides: str, config_name: str = "infer"):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="infer", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def test_cli_stylises_a_file_tiled_with_colour_and_strength(model_path: Path, tmp_path: Path) -> None:
@@ -51,7 +57,9 @@ def test_cli_stylises_a_folder_with_summary_and_grid(model_path: Path, tmp_path:
                     f"grid={tmp_path / 'grid.png'}")
     assert result.returncode == 0, result.stdout + result.stderr
     names = sorted(path.name for path in PREVIEW.glob("*.jpg"))
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == names
+    # the output folder holds the images and fststyle's output-folder marker, nothing else (no temporary files)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.name != OUTPUT_MARKER) == names
+    assert (tmp_path / "out" / OUTPUT_MARKER).is_file()
     assert f"stylised {len(names)} images in" in result.stdout + result.stderr
     assert (tmp_path / "grid.png").is_file()
 
@@ -69,5 +77,115 @@ def test_run_returns_non_zero_when_a_file_is_broken(model_path: Path, tmp_path: 
 def test_run_exports_and_rejects_missing_settings(model_path: Path, tmp_path: Path) -> None:
     assert run(_config(f"model={model_path}", "export=torchscript", f"output={tmp_path / 'm.pt'}")) == 0
     assert (tmp_path / "m.pt").is_file()
-    assert run(_config(f"model={model_path}")) == 2  # no input
-    assert run(_config(f"model={tmp_path / 'missing.safetensors'}", f"input={tmp_path}")) == 2
+    # user errors are raised as UserError, which infer.py (fststyle.cli.run_job) turns into one line and exit 2
+    with pytest.raises(UserError, match="nothing to stylise"):  # no input
+        run(_config(f"model={model_path}"))
+    with pytest.raises(ModelFileError, match="style model not found"):
+        run(_config(f"model={tmp_path / 'missing.safetensors'}", f"input={tmp_path}"))
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (symlinks as their target name) -> its bytes."""
+    return {str(path.relative_to(root)): (str(path.readlink()).encode() if path.is_symlink() else path.read_bytes())
+            for path in sorted(root.rglob("*")) if path.is_symlink() or path.is_file()}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, model_path: Path) -> Path:
+    """photos/{a,b}.png, style.png, a symlink and a hard link to photos/a.png, a hard link of the model as .onnx,
+    and a broken photo."""
+    (tmp_path / "photos").mkdir()
+    for name, colour in (("a.png", "teal"), ("b.png", "orange")):
+        Image.new("RGB", (20, 16), colour).save(tmp_path / "photos" / name)
+    Image.new("RGB", (12, 12), "navy").save(tmp_path / "style.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "photos" / "a.png")
+    os.link(tmp_path / "photos" / "a.png", tmp_path / "hard.png")
+    (tmp_path / "model.safetensors").write_bytes(model_path.read_bytes())
+    os.link(tmp_path / "model.safetensors", tmp_path / "model.onnx")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return tmp_path
+
+
+REFUSALS = {
+    "fast file onto itself via a symlink": (["input={w}/photos/a.png", "output={w}/link.png"], "is the input"),
+    "fast folder onto itself": (["input={w}/photos", "output={w}/photos/"], "is the input folder"),
+    "gatys output is a hard link of the content": (
+        ["engine=gatys", "content={w}/photos/a.png", "style={w}/style.png", "output={w}/hard.png"], "is the input"),
+    "gatys without content": (["engine=gatys", "style={w}/style.png", "output={w}/out.png"], "needs content="),
+    "compare into its input folder": (["--config-name", "compare", "input={w}/photos", "output={w}/photos",
+                                       "engines=[fast]"], "is the input folder"),
+    "export onto its model": (["export=onnx", "output={w}/model.onnx"], "is the input"),
+    "a single unreadable photo": (["input={w}/broken.png", "output={w}/out.png"], "cannot read image"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_cli_user_errors_are_one_line_exit_2_and_leave_the_inputs_untouched(workspace: Path, case: str) -> None:
+    overrides, message = REFUSALS[case]
+    arguments = [item.format(w=workspace) for item in overrides]
+    if not arguments[0].startswith("engine=gatys"):
+        arguments.insert(2 if arguments[0] == "--config-name" else 0, f"model={workspace / 'model.safetensors'}")
+    before = _snapshot(workspace)
+    result = _infer(*arguments)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert _snapshot(workspace) == before  # every input byte-identical, nothing written
+
+
+def test_settings_are_checked_before_the_model_or_the_vgg_is_loaded(workspace: Path) -> None:
+    """A wrong output suffix is reported even though the model (or the VGG weights) could not be loaded at all."""
+    with pytest.raises(UserError, match="unknown image suffix '.gif'"):
+        run(_config(f"model={workspace / 'broken.png'}", f"input={workspace / 'photos' / 'a.png'}",
+                    f"output={workspace / 'out.gif'}"))
+    with pytest.raises(UserError, match="unknown image suffix '.gif'"):
+        optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
+                             f"style={workspace / 'style.png'}", f"output={workspace / 'out.gif'}",
+                             f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"))
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
+                             f"style={workspace / 'style.png'}", f"output={workspace / 'style.png' / 'out.png'}",
+                             f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"))
+    with pytest.raises(UserError, match="engine.init="):
+        optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
+                             f"style={workspace / 'style.png'}", f"output={workspace / 'out.png'}",
+                             f"engine.init={workspace / 'missing.png'}"))
+    with pytest.raises(UserError, match="export=onnx writes a .onnx file"):
+        run(_config(f"model={workspace / 'model.safetensors'}", "export=onnx", f"output={workspace / 'm.png'}"))
+    with pytest.raises(UserError, match="precision must be"):
+        run(_config(f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
+                    "precision=fp8"))
+    with pytest.raises(UserError, match="jpeg_quality"):
+        run(_config(f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
+                    "jpeg_quality=101"))
+    assert not list(workspace.glob("out*")) and not list(workspace.glob("m.*"))
+
+
+def test_gatys_steps_and_report_may_not_hit_an_input(workspace: Path) -> None:
+    content = workspace / "shot.png"
+    Image.new("RGB", (20, 16), "teal").save(content)
+    (workspace / "out_steps").mkdir()
+    Image.new("RGB", (8, 8), "red").save(workspace / "out_steps" / "step_00002.png")
+    common = [f"content={content}", "engine=gatys", "engine.steps=2", "engine.image_size=16"]
+    with pytest.raises(OverwriteError, match="step_00002.png"):
+        optimize_run(_config(*common, f"style={workspace / 'out_steps' / 'step_00002.png'}",
+                             f"output={workspace / 'out.png'}", "engine.save_every=2"))
+    (workspace / "shot.json").write_text("{}")  # an input where the run report (<output stem>.json) would go
+    with pytest.raises(OverwriteError, match="shot.json"):
+        optimize_run(_config(*common, f"style={workspace / 'shot.json'}", f"output={workspace / 'shot.jpg'}"))
+
+
+def test_compare_output_inside_the_input_folder_is_not_compared_again(workspace: Path) -> None:
+    photos = workspace / "photos"
+    torch.manual_seed(0)
+    loss = {"network": {"arch": "vgg16", "weights": "random"}, "content_layers": {"relu1_2": 1.0},
+            "style_layers": {"relu1_2": 1.0}}
+    model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), workspace / "scored.safetensors",
+                             {"style": {"name": "navy", "size": 12}, "loss": loss}, style_image=torch.rand(1, 3, 12, 12))
+    cfg = _config(f"model={model}", f"input={photos}",
+                  f"output={photos / 'cmp'}", "engines=[fast]", "image_size=16", "device=cpu",
+                  config_name="compare")
+    assert compare_run(cfg) == 0
+    assert (photos / "cmp" / OUTPUT_MARKER).is_file()
+    assert list_images(photos) == [photos / "a.png", photos / "b.png"]

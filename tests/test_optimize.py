@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from fststyle.color import rgb_to_yiq
 from fststyle.errors import UserError
+from fststyle.files import OUTPUT_MARKER
 from fststyle.images import load_image
 from fststyle.losses import GramStyleLoss, PerceptualLoss
 from fststyle.optimize import (
@@ -161,7 +162,8 @@ def test_clear_errors_for_bad_inputs(bundled_data, tmp_path):
 def test_infer_cli_writes_the_image_and_the_json(bundled_data, tmp_path):
     output = tmp_path / "out" / "result.png"
     command = [sys.executable, "infer.py", "engine=gatys", f"output={output}", "engine.image_size=48",
-               "engine.steps=2", f"content={sorted((bundled_data / 'preview').glob('*.jpg'))[0]}",
+               "engine.steps=2", "engine.save_every=2",
+               f"content={sorted((bundled_data / 'preview').glob('*.jpg'))[0]}",
                f"style={bundled_data / 'styles' / 'udnie.jpg'}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -170,6 +172,8 @@ def test_infer_cli_writes_the_image_and_the_json(bundled_data, tmp_path):
     assert report["engine"] == "gatys" and report["settings"]["steps"] == 2 and report["seconds"] > 0
     assert [h["step"] for h in report["history"]] == [0, 1, 2] and "style.relu1_1" in report["final"]
     assert not list(output.parent.glob(".*")), "no temporary files may be left behind"
+    steps = output.parent / "result_steps"
+    assert (steps / "step_00002.png").is_file() and (steps / OUTPUT_MARKER).is_file()
 
 
 @pytest.fixture(scope="module")

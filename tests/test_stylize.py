@@ -13,6 +13,7 @@ from PIL import Image
 
 from fststyle.color import rgb_to_yiq
 from fststyle.export import ModelFileError, save_style_model
+from fststyle.files import OverwriteError
 from fststyle.images import ImageReadError, load_image, open_image
 from fststyle.inference_net import InferenceNet
 from fststyle.stylize import Stylizer, blend_ramp, stylize_file, stylize_folder, tile_starts
@@ -195,6 +196,54 @@ def test_batched_folder_matches_one_by_one(stylizer: Stylizer, tmp_path: Path) -
         batched = np.asarray(Image.open(tmp_path / "batched" / f"{index}.png"), dtype=int)
         single = np.asarray(Image.open(tmp_path / "single" / f"{index}.png"), dtype=int)
         assert np.abs(batched - single).max() <= 1
+
+
+def _photo_folder(root: Path, count: int = 3) -> Path:
+    root.mkdir()
+    for index in range(count):
+        Image.fromarray(np.roll(_gradient(24, 20), 5 * index, axis=1)).save(root / f"{index}.png")
+    return root
+
+
+def test_file_and_folder_written_onto_themselves_are_refused(stylizer: Stylizer, tmp_path: Path) -> None:
+    photos = _photo_folder(tmp_path / "photos")
+    before = {path: path.read_bytes() for path in photos.iterdir()}
+    (tmp_path / "alias").symlink_to(photos)
+    with pytest.raises(OverwriteError):
+        stylize_file(stylizer, photos / "0.png", photos / "." / "0.png")
+    for output in (photos, tmp_path / "alias"):
+        with pytest.raises(OverwriteError, match="input folder"):
+            stylize_folder(stylizer, photos, output)
+    assert {path: path.read_bytes() for path in photos.iterdir()} == before  # nothing written, not even a marker
+
+
+def test_output_folders_inside_the_input_folder_are_not_read_as_inputs(stylizer: Stylizer, tmp_path: Path) -> None:
+    photos = _photo_folder(tmp_path / "photos")
+    first = stylize_folder(stylizer, photos, photos / "starry")
+    second = stylize_folder(stylizer, photos, photos / "scream")  # a different output folder, same input
+    third = stylize_folder(stylizer, photos, photos / "starry")  # and the first one again
+    names = ["0.png", "1.png", "2.png"]
+    for report, folder in ((first, "starry"), (second, "scream"), (third, "starry")):
+        assert sorted(path.name for path in report.written) == names and not report.failed
+        assert sorted(path.name for path in (photos / folder).rglob("*.png")) == names
+    assert not (photos / "scream" / "starry").exists()
+
+
+def test_skip_existing_resumes_an_interrupted_folder(stylizer: Stylizer, tmp_path: Path) -> None:
+    photos = _photo_folder(tmp_path / "photos", count=4)
+    stylize_folder(stylizer, photos, tmp_path / "out")
+    (tmp_path / "out" / "2.png").unlink()  # as if the run had stopped before the third image
+    (tmp_path / "out" / "3.png").unlink()
+    (photos / "4.png").write_bytes(b"not an image")
+    kept = {name: (tmp_path / "out" / name).stat() for name in ("0.png", "1.png")}
+    report = stylize_folder(stylizer, photos, tmp_path / "out", skip_existing=True)
+    for name, before in kept.items():
+        after = (tmp_path / "out" / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+    assert sorted(path.name for path in report.written) == ["2.png", "3.png"]
+    assert sorted(path.name for path in report.skipped) == ["0.png", "1.png"]
+    assert [path.name for path, _ in report.failed] == ["4.png"]
+    assert "2 written, 2 skipped (already there), 1 failed" in report.summary()
 
 
 class _RunsCode:
