@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +240,18 @@ def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Ten
     """The architecture, transformer weights and validated style-model metadata of a training checkpoint,
     loaded without unpickling code; the hyper-parameters are checked against the weights' names and shapes."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError for code-carrying pickles, EOFError/RuntimeError for truncation
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol before it refuses a file
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text suggests weights_only=False: advice we must not relay
         raise ModelFileError(
-            f"{path}: refused or unreadable as a weights-only checkpoint ({type(error).__name__}: {error}). "
-            "Only checkpoints written by fststyle's train.py load; a pickle carrying code is never run."
+            f"{path}: refused: it holds Python objects that a weights-only load does not accept, and a pickle "
+            "carrying code is never run. Only checkpoints written by fststyle's train.py load."
         ) from error
+    except Exception as error:  # EOFError, RuntimeError (zip) for truncated or foreign files
+        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line}). "
+                             "Only checkpoints written by fststyle's train.py load.") from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ModelFileError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     prefix = "transformer."

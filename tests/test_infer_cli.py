@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from fststyle.compare import run as compare_run
 from fststyle.errors import UserError
@@ -90,10 +96,43 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             for path in sorted(root.rglob("*")) if path.is_symlink() or path.is_file()}
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` pixels, followed by a few bytes of image data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _hostile_models(folder: Path, model_path: Path) -> None:
+    """giant.safetensors (metadata asks for 100,000 residual blocks over tiny tensors), cut.safetensors
+    (truncated), evil.ckpt (a pickle that runs code), photo.jpg (a JPEG to pass as model=), a_folder/."""
+    with safe_open(str(model_path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = json.loads(handle.metadata()["fststyle"])
+    metadata["transformer"]["residual_blocks"] = 100_000
+    save_file(tensors, str(folder / "giant.safetensors"), metadata={"fststyle": json.dumps(metadata)})
+    (folder / "cut.safetensors").write_bytes(model_path.read_bytes()[:5000])
+    (folder / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": _RunsCode(folder / "pwned")}))
+    Image.new("RGB", (32, 24), "olive").save(folder / "photo.jpg")
+    (folder / "a_folder").mkdir()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, model_path: Path) -> Path:
     """photos/{a,b}.png, style.png, a symlink and a hard link to photos/a.png, a hard link of the model as .onnx,
-    and a broken photo."""
+    a broken photo, an empty one, a decompression bomb, hostile model files (``_hostile_models``)."""
     (tmp_path / "photos").mkdir()
     for name, colour in (("a.png", "teal"), ("b.png", "orange")):
         Image.new("RGB", (20, 16), colour).save(tmp_path / "photos" / name)
@@ -103,6 +142,9 @@ def workspace(tmp_path: Path, model_path: Path) -> Path:
     (tmp_path / "model.safetensors").write_bytes(model_path.read_bytes())
     os.link(tmp_path / "model.safetensors", tmp_path / "model.onnx")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "empty.jpg").touch()
+    (tmp_path / "bomb.png").write_bytes(_png_declaring(40_000, 40_000))
+    _hostile_models(tmp_path, model_path)
     return tmp_path
 
 
@@ -116,6 +158,21 @@ REFUSALS = {
                                        "engines=[fast]"], "is the input folder"),
     "export onto its model": (["export=onnx", "output={w}/model.onnx"], "is the input"),
     "a single unreadable photo": (["input={w}/broken.png", "output={w}/out.png"], "cannot read image"),
+    "an empty photo": (["input={w}/empty.jpg", "output={w}/out.png"], "empty.jpg"),
+    "a 40000x40000 PNG header (decompression bomb)": (["input={w}/bomb.png", "output={w}/out.png"], "max_pixels"),
+    "a missing photo": (["input={w}/nowhere.jpg", "output={w}/out.png"], "nowhere.jpg"),
+    "an unknown output suffix": (["input={w}/photos/a.png", "output={w}/out.xyz"], "unknown image suffix"),
+    "a tile below the receptive field": (["input={w}/photos/a.png", "output={w}/out.png", "tile=64"], "tile >="),
+    "a JPEG as the model": (["model={w}/photo.jpg", "input={w}/photos/a.png", "output={w}/out.png"],
+                            "this is an image, not a style model"),
+    "a model asking for 100,000 residual blocks": (["model={w}/giant.safetensors", "input={w}/photos/a.png",
+                                                    "output={w}/out.png"], "residual_blocks"),
+    "a truncated model": (["model={w}/cut.safetensors", "input={w}/photos/a.png", "output={w}/out.png"],
+                          "cut.safetensors"),
+    "a checkpoint that carries code": (["model={w}/evil.ckpt", "input={w}/photos/a.png", "output={w}/out.png"],
+                                       "never run"),
+    "a folder as the model": (["model={w}/a_folder", "input={w}/photos/a.png", "output={w}/out.png"], "a_folder"),
+    "a mistyped setting": (["modle={w}/model.safetensors", "input={w}/photos/a.png"], "did you mean model?"),
 }
 
 
@@ -123,7 +180,7 @@ REFUSALS = {
 def test_cli_user_errors_are_one_line_exit_2_and_leave_the_inputs_untouched(workspace: Path, case: str) -> None:
     overrides, message = REFUSALS[case]
     arguments = [item.format(w=workspace) for item in overrides]
-    if not arguments[0].startswith("engine=gatys"):
+    if not any(item.startswith(("engine=gatys", "model=", "modle=")) for item in arguments):
         arguments.insert(2 if arguments[0] == "--config-name" else 0, f"model={workspace / 'model.safetensors'}")
     before = _snapshot(workspace)
     result = _infer(*arguments)
