@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg, decode_webp
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from fststyle.files import atomic_write
@@ -41,16 +41,12 @@ def _decode_jpeg(data: torch.Tensor) -> torch.Tensor:
     return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
 
 
-def _decode_webp(data: torch.Tensor) -> torch.Tensor:
-    """WebP bytes (uint8 Tensor[L]) -> RGB uint8 Tensor[3,H,W] (libwebp)."""
-    return decode_webp(data, mode=ImageReadMode.RGB)
-
-
-#: torchvision's decoder for each format (Pillow's name) it decodes here. Not PNG: torchvision 0.29's libpng
-#: wrapper crashes the whole process (SIGSEGV) on a damaged PNG instead of raising (82 of 150 randomly
-#: corrupted PNGs here, e.g. one flipped byte in the pixel data), and Pillow decodes PNG about as fast
-#: (2.9 vs 2.5 ms for a 431x288 COCO photo).
-_TORCHVISION_DECODERS = {"JPEG": _decode_jpeg, "MPO": _decode_jpeg, "WEBP": _decode_webp}
+#: torchvision's decoder for each format (Pillow's name) it decodes here: JPEG only, which is what COCO
+#: holds and where it is about 2x faster than Pillow. Not PNG: torchvision 0.29's libpng wrapper crashes the
+#: whole process (SIGSEGV) on a damaged PNG instead of raising (82 of 150 randomly corrupted PNGs here,
+#: e.g. one flipped byte in the pixel data), while Pillow decodes PNG about as fast (2.9 vs 2.5 ms for a
+#: 431x288 COCO photo). Not WebP: torchvision ignores its EXIF orientation (1.3 vs 0.8 ms in Pillow).
+_TORCHVISION_DECODERS = {"JPEG": _decode_jpeg, "MPO": _decode_jpeg}
 
 
 def _torchvision_decoder(data: bytes, path: str, max_pixels: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -58,10 +54,10 @@ def _torchvision_decoder(data: bytes, path: str, max_pixels: int) -> Callable[[t
     Pillow (images.open_image) decode it. Raises ImageReadError if the header declares more than max_pixels.
 
     Pillow reads the header only (no pixel data) and names the format; the bytes go to torchvision's decoder
-    of that same format, which reads the same header, so the size checked is the size decoded (libjpeg and
-    libwebp reject the files where Pillow and they could disagree: two SOF markers, a WebP canvas that is
-    not the bitstream's size). A header Pillow refuses, its own DecompressionBombError included, never
-    reaches torchvision: open_image checks the size against max_pixels itself before decoding anything.
+    of that same format, which reads the same header, so the size checked is the size decoded (libjpeg
+    rejects the files where the two could disagree: a second SOF marker). A header Pillow refuses, its own
+    DecompressionBombError included, never reaches torchvision: open_image checks the size against
+    max_pixels itself before decoding anything.
     """
     try:
         with warnings.catch_warnings():
@@ -79,11 +75,11 @@ def _torchvision_decoder(data: bytes, path: str, max_pixels: int) -> Callable[[t
 
 
 def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Decode `path` to a uint8 Tensor[3,H,W] (EXIF-oriented RGB): torchvision for JPEG and WebP, Pillow for the rest.
+    """Decode `path` to a uint8 Tensor[3,H,W] (EXIF-oriented RGB): torchvision for JPEG, Pillow for the rest.
 
-    torchvision's libjpeg-turbo/libwebp decoders handle 8-bit JPEG (grey and CMYK included) and WebP;
-    PNG, TIFF, BMP and anything torchvision rejects go through images.open_image. The header's size is
-    checked against max_pixels before any pixel is decoded. Raises ImageReadError for corrupt or oversized files.
+    torchvision's libjpeg-turbo decoder handles 8-bit JPEG (grey and CMYK included); PNG, WebP, TIFF, BMP
+    and anything torchvision rejects go through images.open_image. The header's size is checked against
+    max_pixels before any pixel is decoded. Raises ImageReadError for corrupt or oversized files.
     """
     data = Path(path).read_bytes()
     decoder = _torchvision_decoder(data, str(path), max_pixels)

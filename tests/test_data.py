@@ -108,10 +108,11 @@ def test_fast_decoder_matches_pillow(tmp_path, tiny_jpegs):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.open(tiny_jpegs[0]).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    Image.open(tiny_jpegs[0]).save(tmp_path / "rotated.webp", exif=exif, quality=95)
     ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (2, 1))
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")
     Image.open(tiny_jpegs[1]).save(tmp_path / "photo.tif")
-    for name in ("rotated.jpg", "ramp16.png", "photo.tif"):
+    for name in ("rotated.jpg", "rotated.webp", "ramp16.png", "photo.tif"):
         fast = data.read_rgb_uint8(tmp_path / name)
         reference = images.pil_to_tensor(images.open_image(tmp_path / name)[0]).mul(255).round()
         assert fast.dtype == torch.uint8 and fast.shape == reference.shape, name
