@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.images import (
     DEFAULT_MAX_PIXELS,
@@ -104,7 +105,7 @@ class _RandomCropImages(Dataset):
         self, paths: Sequence[str | os.PathLike], image_size: int, cache_dir: str | os.PathLike | None = None
     ) -> None:
         if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise UserError(f"data.image_size must be positive, got {image_size}")
         # One numpy string array instead of a list of Python objects: DataLoader workers read it
         # without touching refcounts, so the forked copies stay shared (no per-worker memory growth).
         self._paths = np.array([str(p) for p in paths])
@@ -188,7 +189,7 @@ class CocoImages(_RandomCropImages):
         if not ann_path.is_file():
             raise FileNotFoundError(
                 f"COCO annotation file not found: {ann_path}. Expected {root}/annotations/instances_{split}.json "
-                f"next to the images in {root}/{split}/ (or pass ann_file=); {_README_HINT}."
+                f"next to the images in {root}/{split}/ (a plain folder of images: data.kind=folder); {_README_HINT}."
             )
         image_dir = root / split
         if not image_dir.is_dir():
@@ -198,7 +199,7 @@ class CocoImages(_RandomCropImages):
         ids = sorted(coco.getImgIds())[:max_images]
         files = [image_dir / info["file_name"] for info in coco.loadImgs(ids)]
         if not files:
-            raise ValueError(f"{ann_path} lists no images")
+            raise UserError(f"{ann_path} lists no images (or data.max_images=0); {_README_HINT}")
         super().__init__(files, image_size, cache_dir)
         self.image_ids = ids
 
@@ -215,7 +216,8 @@ class ImageFolderImages(_RandomCropImages):
     ) -> None:
         files = list_images(root)[:max_images]
         if not files:
-            raise ValueError(f"no images found under {root} (looked for {sorted(IMAGE_SUFFIXES)})")
+            raise UserError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
+                            "data.max_images=0 keeps none): point data.root at a folder of photos")
         super().__init__(files, image_size, cache_dir)
 
 
@@ -283,7 +285,8 @@ class StyleDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if kind not in ("coco", "folder"):
-            raise ValueError(f"kind must be 'coco' or 'folder', got {kind!r}")
+            raise UserError(f"data.kind must be coco (annotations/ + train2017/) or folder (every image under "
+                            f"data.root), got {kind!r}")
         self.save_hyperparameters()
         self.train_set: _RandomCropImages | None = None
         self.preview_set: PreviewImages | None = None

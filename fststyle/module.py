@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
 from fststyle.losses import PerceptualLoss
 from fststyle.transformer import TransformerConfig, TransformerNet
@@ -49,7 +50,7 @@ class StyleTransferModule(pl.LightningModule):
         super().__init__()
         optimizer = {"lr": DEFAULT_LR, "schedule": "none", **(optimizer or {})}
         if optimizer["schedule"] not in SCHEDULES:
-            raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {optimizer['schedule']!r}")
+            raise UserError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {optimizer['schedule']!r}")
         self.save_hyperparameters({"transformer": dict(transformer), "loss": dict(loss), "style": dict(style),
                                    "image_size": int(image_size), "optimizer": optimizer,
                                    "channels_last": bool(channels_last), "compile": bool(compile)})
@@ -168,7 +169,7 @@ class StyleTransferModule(pl.LightningModule):
         if settings["schedule"] == "cosine":
             total = self.trainer.max_steps
             if total is None or total <= 0:
-                raise ValueError("optimizer.schedule=cosine needs trainer.max_steps > 0 (the schedule's length)")
+                raise UserError("optimizer.schedule=cosine needs trainer.max_steps > 0 (the schedule's length)")
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total,
                                                                    eta_min=settings.get("min_lr", 0.0))
         else:

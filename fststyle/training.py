@@ -22,12 +22,14 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from fststyle.data import StyleDataModule
+from fststyle.errors import UserError
 from fststyle.export import save_style_model, style_metadata
 from fststyle.files import atomic_write
 from fststyle.images import list_images
@@ -224,10 +226,21 @@ class TrainResult:
     module: StyleTransferModule
 
 
+#: what to say when a mandatory (``???``) setting is missing, by its key
+_MISSING_HINTS = {
+    "data.root": "pass data.root=/path/to/coco, the folder holding annotations/ and train2017/ (data/README.md "
+                 "says how to download MS-COCO), or try experiment=demo, which trains on the bundled sample offline",
+}
+
+
 def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    """The config as plain, resolved Python containers."""
+    """The config as plain, resolved Python containers; a missing mandatory value is a UserError naming it."""
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as error:
+            key = error.full_key
+            raise UserError(f"{key} is not set: {_MISSING_HINTS.get(key, f'pass {key}=<value>')}") from None
     return dict(cfg)
 
 
@@ -244,7 +257,7 @@ def _style(cfg: dict[str, Any]) -> dict[str, Any]:
     """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size`` keys."""
     paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
     if not paths or paths == [None]:
-        raise ValueError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
+        raise UserError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
     paths = [str(_path(p, "style image")) for p in paths]
     return {"name": style_name(paths), "paths": paths, "blend": cfg.get("style_blend"),
             "size": cfg.get("style_size")}
@@ -287,7 +300,8 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
     ]
     for name, spec in (cfg.get("callbacks") or {}).items():
         if not isinstance(spec, Mapping) or "_target_" not in spec:
-            raise ValueError(f"callbacks.{name} needs a _target_ (the Callback class to build), got {spec!r}")
+            raise UserError(f"callbacks.{name} needs a _target_ (the Callback class to build), got {spec!r}; "
+                            f"e.g. +callbacks.{name}._target_=package.module.Class")
         callbacks.append(instantiate(spec))
     return callbacks
 
@@ -298,6 +312,9 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:  # checked before the networks and data are built
+        ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = {k: v for k, v in cfg["trainer"].items() if k not in NETWORK_SWITCHES}
     datamodule = _data_module(cfg["data"])
@@ -311,9 +328,6 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
         plugins=plugins,
         **trainer_args,
     )
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None:
-        ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):

@@ -15,6 +15,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from fststyle.cli import run_job
 from fststyle.export import load_style_model
 from fststyle.training import train  # noqa: I001  (after the shared test settings)
 from tests.test_module import REPO, TINY, coco_folder, tiny_config
@@ -207,3 +208,29 @@ def zombie(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     return True
+
+
+def test_missing_data_root_is_one_line_naming_the_fix() -> None:
+    """experiment=johnson2016 needs MS-COCO; without data.root the command says so (no traceback), exit 2."""
+    done = run_train("experiment=johnson2016", timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("error: data.root is not set") and done.stderr.count("\n") == 1, done.stderr
+    assert "data/README.md" in done.stderr and "experiment=demo" in done.stderr
+
+
+@pytest.mark.parametrize("override, names", [
+    ("style=nowhere.jpg", "style image not found"),
+    ("data.root=nowhere", "training images (data.root) not found"),
+    ("data.preview=nowhere", "preview folder (data.preview) not found"),
+    ("ckpt_path=nowhere.ckpt", "checkpoint to resume (ckpt_path) not found"),
+    ("data.kind=lmdb", "data.kind must be coco"),
+    ("data.max_images=0", "lists no images"),
+])
+def test_training_user_errors_are_one_line_with_the_fix(tmp_path: Path, capsys, override: str, names: str) -> None:
+    """What train.py does with them (fststyle.cli.run_job): one line on stderr naming the setting, exit 2."""
+    cfg = tiny_config(tmp_path, override)
+    with pytest.raises(SystemExit) as exited:
+        run_job(lambda: train(cfg))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and names in error and error.count("\n") == 1, error
