@@ -13,7 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
 from fststyle.losses import PerceptualLoss
 from fststyle.transformer import TransformerConfig, TransformerNet
@@ -48,7 +50,7 @@ class StyleTransferModule(pl.LightningModule):
         super().__init__()
         optimizer = {"lr": DEFAULT_LR, "schedule": "none", **(optimizer or {})}
         if optimizer["schedule"] not in SCHEDULES:
-            raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {optimizer['schedule']!r}")
+            raise UserError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {optimizer['schedule']!r}")
         self.save_hyperparameters({"transformer": dict(transformer), "loss": dict(loss), "style": dict(style),
                                    "image_size": int(image_size), "optimizer": optimizer,
                                    "channels_last": bool(channels_last), "compile": bool(compile)})
@@ -66,6 +68,17 @@ class StyleTransferModule(pl.LightningModule):
             self.loss.vgg.compile()
         #: images the data loader could not read, on this process, since this run started
         self.skipped_images = 0
+        #: set on any process (training.py's SIGTERM/SIGINT handler does) to stop every process together after
+        #: the current step: the step's one all-reduce carries it, then ``on_train_batch_end`` raises
+        #: SIGTERMException on all of them
+        self.stop_requested = False
+        self._stop_agreed = False
+        #: the weighted total loss of the latest optimiser step, averaged over its batches and processes; a host
+        #: float read with the step's one device sync, so the progress bar needs none of its own
+        self.last_loss: float | None = None
+        # this optimiser step's [non-finite batches, sum of totals, batches] on this process (device, no sync)
+        self._step_stats: torch.Tensor | None = None
+        self._last_terms: dict[str, torch.Tensor] = {}
         #: the sum of ``skipped_images`` over all processes, set when training ends
         self.skipped_images_total = 0
         self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -81,37 +94,66 @@ class StyleTransferModule(pl.LightningModule):
         """N,3,H,W in the module's memory format (NHWC when ``channels_last``)."""
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
+    def on_fit_start(self) -> None:
+        """A new fit starts without a pending stop."""
+        self.stop_requested = self._stop_agreed = False
+
     def training_step(self, batch: tuple[torch.Tensor, int], batch_idx: int) -> torch.Tensor:
-        """One batch (images N,3,S,S, count of unreadable files) -> the weighted total loss (scalar)."""
+        """One batch (images N,3,S,S, count of unreadable files) -> the weighted total loss (scalar).
+
+        Every process takes the same collective path whatever its batch holds: no collective here (DDP's
+        gradient all-reduce runs in backward, the step's flag all-reduce in ``on_before_optimizer_step``).
+        """
         images, skipped = batch
         self.skipped_images += int(skipped)
         if images.shape[0] == 0:
-            # Every file of this batch was unreadable: a zero loss still joins DDP's gradient all-reduce.
+            # Every file of this batch was unreadable: a zero loss that still joins DDP's gradient all-reduce,
+            # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
         images = self._memory_format(images)
         terms = self.loss(self(images), images)
-        self._check_finite(terms)
-        # Per-step values from this process only: a cross-process sync every step would cost more than it
-        # tells (the weights are identical on all ranks, only the batches differ).
-        self.log_dict({f"train/{name}": value for name, value in terms.items() if name != "total"},
+        total = terms["total"].detach().float()
+        stats = torch.stack([(~torch.isfinite(total)).float(), total, torch.ones_like(total)])
+        self._step_stats = stats if self._step_stats is None else self._step_stats + stats
+        self._last_terms = {name: value.detach() for name, value in terms.items()}
+        # Per-step values from this process only, and not on the progress bar: Lightning would read a progress
+        # bar value back from the device every step (the bar shows ``last_loss`` instead).
+        self.log_dict({f"train/{name}": value for name, value in terms.items()},
                       on_step=True, on_epoch=False, batch_size=images.shape[0])
-        self.log("train/total", terms["total"], on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=images.shape[0])
         return terms["total"]
 
-    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        """Raise NonFiniteLossError (on every rank together) if any process's loss is NaN or Inf."""
-        bad = (~torch.isfinite(terms["total"])).float()
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The step's one collective and one device sync: stop on a non-finite loss or a stop request.
+
+        One all-reduce of [non-finite batches, sum of totals, batches, stop requests] over the processes,
+        read back once. A non-finite loss on any process raises NonFiniteLossError on every process, before
+        the optimiser step, naming the step; a stop request makes every process stop after this step.
+        """
+        stats = self._step_stats if self._step_stats is not None else torch.zeros(3, device=self.device)
+        self._step_stats = None
+        flags = torch.cat([stats, torch.full((1,), float(self.stop_requested), device=stats.device)])
         if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        if bad.item() == 0:
-            return
-        values = ", ".join(f"{name}={value.item():.4g}" for name, value in terms.items())
-        raise NonFiniteLossError(
-            f"training loss is not finite at global step {self.global_step} ({values}). The run stopped before "
-            "the optimiser step, so the saved checkpoints hold finite weights. Lower optimizer.lr or the loss "
-            "weights, or use trainer.precision=32-true, then resume from the last checkpoint (ckpt_path=...)."
-        )
+            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        non_finite, loss_sum, batches, stop = flags.tolist()
+        if non_finite:
+            raise NonFiniteLossError(self._non_finite_message())
+        self._last_terms = {}
+        if batches:
+            self.last_loss = loss_sum / batches
+        self._stop_agreed = stop > 0
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Stop every process together after the step in which any of them asked to (SIGTERM, Ctrl-C)."""
+        if self._stop_agreed:
+            raise SIGTERMException
+
+    def _non_finite_message(self) -> str:
+        """The NonFiniteLossError message: the step, this process's loss terms, what to do."""
+        values = ", ".join(f"{name}={value.item():.4g}" for name, value in self._last_terms.items())
+        where = f" (this process: {values})" if values else ""
+        return (f"training loss is not finite at global step {self.global_step}{where}. The run stopped before "
+                "the optimiser step, so the saved checkpoints hold finite weights. Lower optimizer.lr or the loss "
+                "weights, or use trainer.precision=32-true, then resume from the last checkpoint (ckpt_path=...).")
 
     def on_train_end(self) -> None:
         """Sum the unreadable-image counts of all processes into ``skipped_images_total``."""
@@ -127,7 +169,7 @@ class StyleTransferModule(pl.LightningModule):
         if settings["schedule"] == "cosine":
             total = self.trainer.max_steps
             if total is None or total <= 0:
-                raise ValueError("optimizer.schedule=cosine needs trainer.max_steps > 0 (the schedule's length)")
+                raise UserError("optimizer.schedule=cosine needs trainer.max_steps > 0 (the schedule's length)")
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total,
                                                                    eta_min=settings.get("min_lr", 0.0))
         else:

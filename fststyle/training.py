@@ -6,8 +6,11 @@ Hydra entry point that composes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import sys
 import threading
 import warnings
 from collections.abc import Mapping
@@ -19,12 +22,14 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from fststyle.data import StyleDataModule
+from fststyle.errors import UserError
 from fststyle.export import save_style_model, style_metadata
 from fststyle.files import atomic_write
 from fststyle.images import list_images
@@ -104,6 +109,112 @@ class LastCheckpoint(Callback):
             self._previous_sigint = None
 
 
+class SignalStop(Callback):
+    """SIGTERM stops every process together after the current step, and a SIGTERM always ends the run.
+
+    Lightning's own SIGTERM handler runs a broadcast inside the handler, i.e. a collective started at whatever
+    point the signal finds one process, which can pair with a different collective of another process and
+    deadlock. From ``on_train_start`` this handler replaces it: it only sets ``stop_requested`` on the module,
+    which the step's one all-reduce carries to every process, so all of them stop after the same step
+    (``LastCheckpoint`` then writes ``last.ckpt``).
+
+    A process blocked in native code (a collective waiting for a rank that never comes, a hung reader) runs no
+    Python signal handler at all. So a watchdog thread, woken through ``signal.set_wakeup_fd`` (written by the
+    C-level handler whatever the main thread is doing), ends the process with status 143 (130 after Ctrl-C),
+    and the ranks it started, if the graceful stop has not ended it ``grace_s`` seconds after the signal.
+    """
+
+    #: whether a watchdog of this process is listening (forked children then drop the inherited wakeup fd)
+    watching = False
+
+    def __init__(self, grace_s: float | None, checkpoints: Path) -> None:
+        self.grace_s = grace_s
+        self.checkpoints = checkpoints
+        self._pid = os.getpid()
+        self._module: StyleTransferModule | None = None
+        self._trainer: pl.Trainer | None = None
+        self._finished = threading.Event()
+        self._wakeup: tuple[socket.socket, socket.socket, int] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pid, self._trainer, self._module = os.getpid(), trainer, pl_module
+        if self.grace_s is not None and threading.current_thread() is threading.main_thread():
+            self._start_watchdog()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # after Lightning registered its handler
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid or self._module is None:
+            return  # a forked DataLoader worker
+        if not self._module.stop_requested:
+            self._module.stop_requested = True
+            rank_zero_info("\nSIGTERM: stopping after this step and saving the last checkpoint")
+
+    def _start_watchdog(self) -> None:
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._wakeup = (reader, writer, previous)
+        SignalStop.watching = True
+        self._finished.clear()
+        threading.Thread(target=self._watch, args=(reader,), name="fststyle-sigterm-watchdog", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop watching (train() calls it when it returns or raises, after the final preview and export)."""
+        self._finished.set()
+        if self._wakeup is not None and threading.current_thread() is threading.main_thread():
+            reader, writer, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            writer.close()  # ends the watch thread's recv
+            self._wakeup = None
+            SignalStop.watching = False
+
+    def _watch(self, reader: socket.socket) -> None:
+        """Wait for SIGTERM or SIGINT, then give the graceful stop ``grace_s`` seconds before ending the process."""
+        seen: set[int] = set()
+        with reader:
+            while not seen & {signal.SIGTERM, signal.SIGINT}:
+                try:
+                    data = reader.recv(64)
+                except OSError:
+                    return
+                if not data:
+                    return  # closed: the run ended
+                seen.update(data)
+        if self._finished.wait(self.grace_s):
+            return
+        status = 130 if signal.SIGINT in seen else 143
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if launcher is not None:
+            launcher.kill(signal.SIGKILL)  # the ranks this process started (python train.py trainer=ddp)
+        print(f"error: training did not stop within {self.grace_s:g} s of the signal (a process is stuck, e.g. "
+              f"waiting for another in a collective); ending with status {status} and no new checkpoint. "
+              f"Resume from the latest one in {self.checkpoints}", file=sys.stderr, flush=True)
+        os._exit(status)
+
+
+def _forget_watchdog_in_child() -> None:
+    """A forked child (a DataLoader worker) must not wake its parent's watchdog with signals sent to it alone."""
+    if SignalStop.watching:
+        with contextlib.suppress(ValueError):  # forked from another thread: Python allows it from the main one only
+            signal.set_wakeup_fd(-1)
+
+
+os.register_at_fork(after_in_child=_forget_watchdog_in_child)
+
+
+class LossProgressBar(TQDMProgressBar):
+    """The TQDM bar with the latest step's loss, from the module's host copy (no device sync of its own)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if getattr(pl_module, "last_loss", None) is not None:
+            metrics["loss"] = f"{pl_module.last_loss:.3g}"
+        return metrics
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """Where a finished run left its outputs."""
@@ -115,10 +226,21 @@ class TrainResult:
     module: StyleTransferModule
 
 
+#: what to say when a mandatory (``???``) setting is missing, by its key
+_MISSING_HINTS = {
+    "data.root": "pass data.root=/path/to/coco, the folder holding annotations/ and train2017/ (data/README.md "
+                 "says how to download MS-COCO), or try experiment=demo, which trains on the bundled sample offline",
+}
+
+
 def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    """The config as plain, resolved Python containers."""
+    """The config as plain, resolved Python containers; a missing mandatory value is a UserError naming it."""
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as error:
+            key = error.full_key
+            raise UserError(f"{key} is not set: {_MISSING_HINTS.get(key, f'pass {key}=<value>')}") from None
     return dict(cfg)
 
 
@@ -135,7 +257,7 @@ def _style(cfg: dict[str, Any]) -> dict[str, Any]:
     """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size`` keys."""
     paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
     if not paths or paths == [None]:
-        raise ValueError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
+        raise UserError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
     paths = [str(_path(p, "style image")) for p in paths]
     return {"name": style_name(paths), "paths": paths, "blend": cfg.get("style_blend"),
             "size": cfg.get("style_size")}
@@ -172,12 +294,14 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
         ModelCheckpoint(dirpath=str(checkpoints), filename="step_{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_last=True, save_top_k=1),
         LastCheckpoint(checkpoints),
+        SignalStop(cfg.get("sigterm_grace_s"), checkpoints),
         LearningRateMonitor(logging_interval="step"),
-        TQDMProgressBar(),
+        LossProgressBar(),
     ]
     for name, spec in (cfg.get("callbacks") or {}).items():
         if not isinstance(spec, Mapping) or "_target_" not in spec:
-            raise ValueError(f"callbacks.{name} needs a _target_ (the Callback class to build), got {spec!r}")
+            raise UserError(f"callbacks.{name} needs a _target_ (the Callback class to build), got {spec!r}; "
+                            f"e.g. +callbacks.{name}._target_=package.module.Class")
         callbacks.append(instantiate(spec))
     return callbacks
 
@@ -188,6 +312,9 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:  # checked before the networks and data are built
+        ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = {k: v for k, v in cfg["trainer"].items() if k not in NETWORK_SWITCHES}
     datamodule = _data_module(cfg["data"])
@@ -201,25 +328,26 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
         plugins=plugins,
         **trainer_args,
     )
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None:
-        ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
+        model_path = None
+        if trainer.is_global_zero:
+            model_path = _export(cfg, module, run_dir, trainer.global_step)
+            skipped = module.skipped_images_total
+            print(f"\nRun directory: {run_dir}\n"
+                  f"TensorBoard:   tensorboard --logdir {run_dir}\n"
+                  f"Style model:   {model_path}\n"
+                  f"Steps: {trainer.global_step}; unreadable training images skipped: {skipped}", flush=True)
     except SIGTERMException:
         rank_zero_info(f"Stopped by a signal. Resume: python train.py ... ckpt_path={checkpoints / LAST_CHECKPOINT}")
         sigint = any(isinstance(c, LastCheckpoint) and c.interrupted for c in trainer.callbacks)
         raise SystemExit(130 if sigint else 143) from None  # the shells' codes for death by SIGINT / SIGTERM
-    if not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
-    model_path = None
-    if trainer.is_global_zero:
-        model_path = _export(cfg, module, run_dir, trainer.global_step)
-        skipped = module.skipped_images_total
-        print(f"\nRun directory: {run_dir}\n"
-              f"TensorBoard:   tensorboard --logdir {run_dir}\n"
-              f"Style model:   {model_path}\n"
-              f"Steps: {trainer.global_step}; unreadable training images skipped: {skipped}", flush=True)
+    finally:
+        for callback in trainer.callbacks:
+            if isinstance(callback, SignalStop):
+                callback.close()
     return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total, module)
 
 

@@ -57,9 +57,31 @@ class TransformerConfig:
         return asdict(self)
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same parameters, same output) that passes no gradient into an image's maps when
+    every one of them is constant: N,C,H,W -> N,C,H,W.
+
+    Why: a uniform training image (a blank frame, an all-black scan) makes every map of every layer constant.
+    The norm turns a constant map into its bias whatever the constant, and all the parameters upstream can
+    only move a constant map by a constant, so their true gradient is exactly zero. Autograd reaches that zero
+    only by cancellation: each norm multiplies the incoming gradient by 1/sqrt(var + eps) = 1/sqrt(1e-5) = 316
+    (var = 0) and subtracts its mean, and the terms cancel only when the weight gradients are summed. Through
+    the 15 norms of the network that is 316^15, about 3e37, times the output's gradient: float32 overflows
+    to inf, inf - inf gives NaN in the first convolution's gradients, Adam writes NaN into the weights and
+    every later loss is NaN. Detaching the input of such an image makes those gradients the exact zero; the
+    norm's own weight and bias still learn, and images with any variation are untouched.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.requires_grad:
+            uniform = (x.amax(dim=(2, 3)) == x.amin(dim=(2, 3))).all(dim=1)  # N: every channel is constant
+            x = torch.where(uniform[:, None, None, None], x.detach(), x)
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels, affine=True)
     return nn.BatchNorm2d(channels)
 
 

@@ -1,8 +1,13 @@
 """Datasets and DataModule on real COCO-layout folders and real image files."""
 
+import io
 import json
 import os
+import struct
+import subprocess
+import sys
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -103,10 +108,11 @@ def test_fast_decoder_matches_pillow(tmp_path, tiny_jpegs):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.open(tiny_jpegs[0]).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    Image.open(tiny_jpegs[0]).save(tmp_path / "rotated.webp", exif=exif, quality=95)
     ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (2, 1))
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")
     Image.open(tiny_jpegs[1]).save(tmp_path / "photo.tif")
-    for name in ("rotated.jpg", "ramp16.png", "photo.tif"):
+    for name in ("rotated.jpg", "rotated.webp", "ramp16.png", "photo.tif"):
         fast = data.read_rgb_uint8(tmp_path / name)
         reference = images.pil_to_tensor(images.open_image(tmp_path / name)[0]).mul(255).round()
         assert fast.dtype == torch.uint8 and fast.shape == reference.shape, name
@@ -116,6 +122,84 @@ def test_fast_decoder_matches_pillow(tmp_path, tiny_jpegs):
 def test_fast_decoder_bomb_guard(tiny_jpegs):
     with pytest.raises(images.ImageReadError, match="max_pixels"):
         data.read_rgb_uint8(tiny_jpegs[0], max_pixels=100)
+
+
+def png_declaring(width, height):
+    """A valid PNG whose IHDR declares width x height RGB pixels but whose pixel data is one 64-px row."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1 + 3 * 64)))
+            + chunk(b"IEND", b""))
+
+
+def jpeg_declaring(width, height):
+    """A 16x16 baseline JPEG whose SOF0 marker is rewritten to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, height, width)
+    return bytes(data)
+
+
+def webp_declaring(width, height):
+    """A 16x16 lossless WebP (extended format) whose canvas and bitstream are rewritten to width x height."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x010E] = "forces the extended (VP8X) format"
+    Image.new("RGB", (16, 16)).save(buffer, "WEBP", lossless=True, exif=exif)
+    data = bytearray(buffer.getvalue())
+    canvas = data.index(b"VP8X") + 12  # 24-bit width-1 and height-1
+    data[canvas:canvas + 6] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    bits = data.index(b"VP8L") + 9  # after the 0x2f signature: 14-bit width-1, 14-bit height-1
+    packed = int.from_bytes(data[bits:bits + 4], "little") & ~(2**28 - 1) | (width - 1) | (height - 1) << 14
+    data[bits:bits + 4] = packed.to_bytes(4, "little")
+    return bytes(data)
+
+
+#: reads every item of a folder dataset; prints the names it decoded, the UnreadableImageWarnings and how
+#: much the process's peak memory grew while reading
+READ_ALL = """
+import json, resource, sys, warnings
+from fststyle.data import ImageFolderImages, UnreadableImageWarning
+dataset = ImageFolderImages(sys.argv[1], image_size=16)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    read = [dataset.paths[i].name for i in range(len(dataset)) if dataset[i] is not None]
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+warned = [str(w.message) for w in caught if issubclass(w.category, UnreadableImageWarning)]
+print(json.dumps({"read": read, "warned": warned, "grown_mb": grown / 1024}))
+"""
+
+
+def test_decompression_bombs_and_damaged_pngs_are_skipped_without_decoding(tmp_path, tiny_jpegs):
+    """Headers declaring more than max_pixels (PNG 40000x40000 with a few bytes of data; JPEG and WebP just
+    over the limit, which Pillow's own bomb check used to wave through to torchvision) and a PNG with one
+    damaged byte (torchvision's PNG decoder crashes the process on it) are skipped with a warning naming
+    them, without memory growth. In a subprocess, so a crash or a multi-GB allocation fails only this test."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a_photo.jpg").write_bytes(tiny_jpegs[0].read_bytes())
+    (folder / "bomb.png").write_bytes(png_declaring(40000, 40000))
+    (folder / "bomb.jpg").write_bytes(jpeg_declaring(13500, 13500))  # 182M pixels > 178,956,970: 547 MB decoded
+    (folder / "bomb.webp").write_bytes(webp_declaring(16383, 16383))  # WebP's largest size, 268M pixels
+    damaged = io.BytesIO()
+    Image.open(tiny_jpegs[1]).save(damaged, "PNG")
+    damaged = bytearray(damaged.getvalue())
+    damaged[damaged.index(b"IDAT") + 100] ^= 0xFF
+    (folder / "damaged.png").write_bytes(bytes(damaged))
+    done = subprocess.run([sys.executable, "-c", READ_ALL, str(folder)], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["read"] == ["a_photo.jpg"]
+    warned = {name: [w for w in report["warned"] if f"{name}:" in w] for name in
+              ("bomb.png", "bomb.jpg", "bomb.webp", "damaged.png")}
+    assert all(len(messages) == 1 for messages in warned.values()), report["warned"]
+    assert all("max_pixels" in warned[name][0] for name in ("bomb.png", "bomb.jpg", "bomb.webp")), warned
+    assert "40000x40000" in warned["bomb.png"][0]
+    assert report["grown_mb"] < 100, report
 
 
 def test_preview_images_centre_crop(bundled_data):

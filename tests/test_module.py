@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fststyle.export import load_style_model, read_metadata
+from fststyle.images import load_image
 from fststyle.module import NonFiniteLossError, StyleTransferModule
 from fststyle.training import _data_module, _plain, build_module, train
 from fststyle.vgg import VGGFeatures
@@ -154,3 +160,67 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="global step 3"):
         trainer.fit(module, datamodule=_data_module(cfg["data"]))
     assert trainer.global_step == 3  # no optimiser step ran on the non-finite loss
+
+
+def coco_folder(root: Path, images: dict[str, bytes]) -> Path:
+    """A COCO-layout folder (annotations/instances_train2017.json + train2017/) holding ``images`` (name -> file)."""
+    (root / "train2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for name, content in images.items():
+        (root / "train2017" / name).write_bytes(content)
+    entries = [{"id": index + 1, "file_name": name} for index, name in enumerate(images)]
+    (root / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": entries, "annotations": [], "categories": []}))
+    return root
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """H,W,3 uint8 pixels as a PNG file's bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+#: the only parameters a uniform image's output depends on: the last norm's shift and the output convolution
+AFTER_LAST_NORM = {"decoder.1.conv.2.bias", "decoder.2.1.weight", "decoder.2.1.bias"}
+
+
+def test_uniform_image_gradients_are_exact_and_finite(tmp_path: Path) -> None:
+    """A uniform image makes every map of the network constant; instance norm's backward multiplies by
+    1/sqrt(eps) = 316 at each of its 15 layers, which overflowed to NaN (or left 1e29-sized garbage) in the
+    first convolution's gradient. Its true gradient there is zero, and a photo beside it must keep its own."""
+    module = build_module(tiny_config(tmp_path))
+    photo = load_image(REPO / "data/preview/000000000030.jpg", (32, 32))
+    uniform = torch.cat([torch.zeros(1, 3, 32, 32), torch.full((1, 3, 32, 32), 0.6)])
+
+    def gradients(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        module.zero_grad()
+        module.loss(module(images), images)["total"].backward()
+        return {name: p.grad.clone() for name, p in module.transformer.named_parameters()}
+
+    alone = gradients(uniform)
+    assert all(torch.isfinite(g).all() for g in alone.values())
+    assert {name for name, g in alone.items() if g.any()} <= AFTER_LAST_NORM
+    # the loss is a mean over the batch, so with one photo among three its gradient is a third of its own
+    with_photo, photo_only = gradients(torch.cat([photo, uniform])), gradients(photo)
+    upstream = sorted(set(photo_only) - AFTER_LAST_NORM)
+    mixed = torch.cat([with_photo[name].flatten() * 3 for name in upstream])
+    expected = torch.cat([photo_only[name].flatten() for name in upstream])
+    assert torch.linalg.vector_norm(mixed - expected) <= 1e-4 * torch.linalg.vector_norm(expected)
+
+
+def test_training_on_a_folder_with_a_black_image_stays_finite(tmp_path: Path) -> None:
+    """Three photos and an all-black 400x400 PNG (a blank frame): every loss, weight and Adam moment stays finite."""
+    photos = {p.name: p.read_bytes() for p in sorted((REPO / "data/preview").iterdir())[:3]}
+    root = coco_folder(tmp_path / "coco", {**photos, "black.png": png_bytes(np.zeros((400, 400, 3), np.uint8))})
+    result = train(tiny_config(tmp_path / "run", f"data.root={root}", "trainer.max_steps=4",
+                               "trainer.val_check_interval=4"))
+    assert result.global_step == 4  # 2 epochs of 2 batches: the black image was in 2 of them
+    events = EventAccumulator(str(result.run_dir))
+    events.Reload()
+    totals = [event.value for event in events.Scalars("train/total")]
+    assert len(totals) == 4 and all(math.isfinite(value) for value in totals)
+    checkpoint = torch.load(result.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
+    adam = checkpoint["optimizer_states"][0]["state"]
+    assert all(torch.isfinite(moment).all() for state in adam.values() for moment in state.values())
