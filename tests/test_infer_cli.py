@@ -196,14 +196,12 @@ def test_settings_are_checked_before_the_model_or_the_vgg_is_loaded(workspace: P
     with pytest.raises(UserError, match="unknown image suffix '.gif'"):
         run(_config(f"model={workspace / 'broken.png'}", f"input={workspace / 'photos' / 'a.png'}",
                     f"output={workspace / 'out.gif'}"))
-    with pytest.raises(UserError, match="unknown image suffix '.gif'"):
-        optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
-                             f"style={workspace / 'style.png'}", f"output={workspace / 'out.gif'}",
-                             f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"))
-    with pytest.raises(UserError, match="is a file, not a folder"):
-        optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
-                             f"style={workspace / 'style.png'}", f"output={workspace / 'style.png' / 'out.png'}",
-                             f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"))
+    gatys = ["engine=gatys", f"content={workspace / 'photos' / 'a.png'}", f"style={workspace / 'style.png'}",
+             f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"]
+    for output, message in ((workspace / "out.gif", "unknown image suffix '.gif'"),
+                            (workspace / "style.png" / "out.png", "is a file, not a folder")):
+        with pytest.raises(UserError, match=message):
+            optimize_run(_config(*gatys, f"output={output}"))
     with pytest.raises(UserError, match="engine.init="):
         optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
                              f"style={workspace / 'style.png'}", f"output={workspace / 'out.png'}",
