@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from fststyle.losses import feature_mse  # noqa: E402
-from fststyle.training import _plain, build_module  # noqa: E402
+from fststyle.training import build_module, plain_config  # noqa: E402
 from fststyle.transformer import TransformerConfig, TransformerNet  # noqa: E402
 
 SETTINGS = {
@@ -49,7 +49,7 @@ def _config(setting: str, device: torch.device) -> dict:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*SETTINGS[setting], f"trainer={trainer}", "run_dir=.",
                                          f"style={REPO / 'data/styles/starry_night.jpg'}"])
-    return _plain(cfg)
+    return plain_config(cfg)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -65,7 +65,7 @@ def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[to
     bf16 = cfg["trainer"]["precision"] == "bf16-mixed"
 
     def step(images: torch.Tensor) -> torch.Tensor:
-        images = module._memory_format(images)
+        images = module.to_memory_format(images)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             total = module.loss(module(images), images)["total"]
         total.backward()

@@ -233,7 +233,7 @@ _MISSING_HINTS = {
 }
 
 
-def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+def plain_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """The config as plain, resolved Python containers; a missing mandatory value is a UserError naming it."""
     if isinstance(cfg, DictConfig):
         try:
@@ -263,7 +263,7 @@ def _style(cfg: dict[str, Any]) -> dict[str, Any]:
             "size": cfg.get("style_size")}
 
 
-def _data_module(data: dict[str, Any]) -> StyleDataModule:
+def data_module(data: dict[str, Any]) -> StyleDataModule:
     """The StyleDataModule with its paths resolved; ``preview`` may be a folder or a list of files."""
     data = dict(data)
     # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
@@ -280,7 +280,7 @@ def _data_module(data: dict[str, Any]) -> StyleDataModule:
 
 def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     switches = {k: bool(cfg["trainer"].get(k, False)) for k in NETWORK_SWITCHES}
     return StyleTransferModule(transformer=cfg["transformer"], loss=cfg["loss"], style=_style(cfg),
                                image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"), **switches)
@@ -308,7 +308,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
 
 def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     """Train one style model as ``cfg`` (the composed ``conf/train.yaml``) says; returns where it went."""
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
@@ -317,7 +317,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
         ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = {k: v for k, v in cfg["trainer"].items() if k not in NETWORK_SWITCHES}
-    datamodule = _data_module(cfg["data"])
+    datamodule = data_module(cfg["data"])
     module = build_module(cfg)
     checkpoints = run_dir / "checkpoints"
     plugins = [AtomicCheckpointIO(), *(trainer_args.pop("plugins", None) or [])]
