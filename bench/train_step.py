@@ -60,7 +60,7 @@ def _synchronize(device: torch.device) -> None:
 def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The step ``train.py`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
     torch.manual_seed(0)  # every variant starts from the same transformer weights
-    module = build_module({**cfg, "trainer": {**cfg["trainer"], "compile": compile}}).to(device)
+    module = build_module({**cfg, "networks": {**cfg["networks"], "compile": compile}}).to(device)
     optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])
     bf16 = cfg["trainer"]["precision"] == "bf16-mixed"
 
@@ -80,7 +80,7 @@ def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch
     """The textbook step: fp32 NCHW, content through the whole VGG with autograd; VGG weights trainable
     unless ``frozen``. Same networks, same weights, same loss values as the project's step."""
     torch.manual_seed(0)
-    module = build_module({**cfg, "trainer": {**cfg["trainer"], "channels_last": False, "compile": False}}).to(device)
+    module = build_module({**cfg, "networks": {"channels_last": False, "compile": False}}).to(device)
     transformer = TransformerNet(TransformerConfig(**cfg["transformer"])).to(device)
     transformer.load_state_dict(module.transformer.state_dict())
     loss = module.loss
@@ -122,7 +122,7 @@ def bench(setting: str, device: torch.device, steps: int, warmup: int, rounds: i
         "plain (fp32 eager, VGG weights trainable, full-VGG content)": plain_step(cfg, device, frozen=False),
         "plain + frozen VGG": plain_step(cfg, device, frozen=True),
         f"project (precision {cfg['trainer']['precision']}, channels_last "
-        f"{cfg['trainer']['channels_last']})": project_step(cfg, device, compile=False),
+        f"{cfg['networks']['channels_last']})": project_step(cfg, device, compile=False),
     }
     if compile:
         variants["project + torch.compile"] = project_step(cfg, device, compile=True)

@@ -35,8 +35,6 @@ from fststyle.files import atomic_write
 from fststyle.images import list_images
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 
-#: trainer-group keys that configure the networks rather than the Lightning Trainer
-NETWORK_SWITCHES = ("channels_last", "compile")
 LAST_CHECKPOINT = "last.ckpt"
 
 
@@ -281,9 +279,11 @@ def data_module(data: dict[str, Any]) -> StyleDataModule:
 def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
     cfg = plain_config(cfg)
-    switches = {k: bool(cfg["trainer"].get(k, False)) for k in NETWORK_SWITCHES}
+    networks = cfg.get("networks") or {}
     return StyleTransferModule(transformer=cfg["transformer"], loss=cfg["loss"], style=_style(cfg),
-                               image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"), **switches)
+                               image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"),
+                               channels_last=bool(networks.get("channels_last", False)),
+                               compile=bool(networks.get("compile", False)))
 
 
 def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
@@ -316,7 +316,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     if ckpt_path is not None:  # checked before the networks and data are built
         ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     pl.seed_everything(cfg.get("seed", 0), workers=True)
-    trainer_args = {k: v for k, v in cfg["trainer"].items() if k not in NETWORK_SWITCHES}
+    trainer_args = dict(cfg["trainer"])
     datamodule = data_module(cfg["data"])
     module = build_module(cfg)
     checkpoints = run_dir / "checkpoints"

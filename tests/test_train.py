@@ -56,7 +56,7 @@ def recorder(folder: Path) -> list[str]:
 
 
 DDP_ON_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-              "trainer.channels_last=false", "trainer.benchmark=false"]
+              "networks.channels_last=false", "trainer.benchmark=false"]
 
 
 def start_train(*overrides: str) -> subprocess.Popen:
@@ -108,7 +108,7 @@ def test_demo_preset_runs_end_to_end(tmp_path: Path) -> None:
 def test_two_process_ddp_ranks_see_different_images(tiny, tmp_path: Path) -> None:
     hashes = tmp_path / "hashes"
     done = run_train(*tiny, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "trainer.precision=32-true", "trainer.channels_last=false", "trainer.benchmark=false",
+                     "trainer.precision=32-true", "networks.channels_last=false", "trainer.benchmark=false",
                      "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'run'}", *recorder(hashes))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = ((hashes / f"rank{r}.txt").read_text().split() for r in (0, 1))
