@@ -357,6 +357,5 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
     metadata = {k: v for k, v in style_metadata(dict(hparams), steps).items() if k not in ("format", "transformer")}
-    # contiguous: safetensors refuses strided views (load_image gives a permuted one)
-    style_image = module.style_images[0].contiguous() if len(module.style_images) == 1 else None
+    style_image = module.style_images[0] if len(module.style_images) == 1 else None
     return save_style_model(module.transformer, path, metadata, style_image=style_image)

@@ -43,8 +43,7 @@ def tiny_model(path: Path, metadata: dict | None = None, style_size: int = STYLE
     net = TransformerNet(width=0.25, residual_blocks=1)
     info = {"style": {"name": "starry_night", "paths": [], "blend": None, "size": STYLE_SIZE},
             "loss": LOSS, "image_size": IMAGE_SIZE, "steps": 0} if metadata is None else metadata
-    # contiguous: main's save_style_model cannot store load_image's channels-last-strided tensor as is
-    style = load_image(REPO / "data/styles/starry_night.jpg", style_size).contiguous()
+    style = load_image(REPO / "data/styles/starry_night.jpg", style_size)
     return save_style_model(net, path, info, style_image=style)
 
 
