@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from fststyle.losses import feature_mse  # noqa: E402
-from fststyle.training import _plain, build_module  # noqa: E402
+from fststyle.training import build_module, plain_config  # noqa: E402
 from fststyle.transformer import TransformerConfig, TransformerNet  # noqa: E402
 
 SETTINGS = {
@@ -49,7 +49,7 @@ def _config(setting: str, device: torch.device) -> dict:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*SETTINGS[setting], f"trainer={trainer}", "run_dir=.",
                                          f"style={REPO / 'data/styles/starry_night.jpg'}"])
-    return _plain(cfg)
+    return plain_config(cfg)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -60,12 +60,12 @@ def _synchronize(device: torch.device) -> None:
 def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The step ``train.py`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
     torch.manual_seed(0)  # every variant starts from the same transformer weights
-    module = build_module({**cfg, "trainer": {**cfg["trainer"], "compile": compile}}).to(device)
+    module = build_module({**cfg, "networks": {**cfg["networks"], "compile": compile}}).to(device)
     optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])
     bf16 = cfg["trainer"]["precision"] == "bf16-mixed"
 
     def step(images: torch.Tensor) -> torch.Tensor:
-        images = module._memory_format(images)
+        images = module.to_memory_format(images)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             total = module.loss(module(images), images)["total"]
         total.backward()
@@ -80,7 +80,7 @@ def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch
     """The textbook step: fp32 NCHW, content through the whole VGG with autograd; VGG weights trainable
     unless ``frozen``. Same networks, same weights, same loss values as the project's step."""
     torch.manual_seed(0)
-    module = build_module({**cfg, "trainer": {**cfg["trainer"], "channels_last": False, "compile": False}}).to(device)
+    module = build_module({**cfg, "networks": {"channels_last": False, "compile": False}}).to(device)
     transformer = TransformerNet(TransformerConfig(**cfg["transformer"])).to(device)
     transformer.load_state_dict(module.transformer.state_dict())
     loss = module.loss
@@ -122,7 +122,7 @@ def bench(setting: str, device: torch.device, steps: int, warmup: int, rounds: i
         "plain (fp32 eager, VGG weights trainable, full-VGG content)": plain_step(cfg, device, frozen=False),
         "plain + frozen VGG": plain_step(cfg, device, frozen=True),
         f"project (precision {cfg['trainer']['precision']}, channels_last "
-        f"{cfg['trainer']['channels_last']})": project_step(cfg, device, compile=False),
+        f"{cfg['networks']['channels_last']})": project_step(cfg, device, compile=False),
     }
     if compile:
         variants["project + torch.compile"] = project_step(cfg, device, compile=True)

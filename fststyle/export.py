@@ -1,4 +1,4 @@
-"""Style models on disk: the transformer's weights as ``.safetensors`` plus JSON metadata (DESIGN.md §6).
+"""Style models on disk: the transformer's weights as ``.safetensors`` plus JSON metadata (docs/design.md §Model files).
 
 Loading a style model never unpickles. A Lightning ``.ckpt`` is read only with ``weights_only=True``.
 """

@@ -3,7 +3,7 @@
 Why it is faster than ``TransformerNet.forward`` in eager mode (measured in ``bench/infer.py``, see
 docs/stylize.md):
 - channels_last throughout, so oneDNN convolutions run on NHWC without reorders. ``nn.InstanceNorm2d``
-  returns NCHW for channels_last input (DESIGN §10); the instance norm here keeps the layout.
+  returns NCHW for channels_last input (docs/design.md §Performance); the instance norm here keeps the layout.
 - Instance norm is one multiply-add with per-image, per-channel scale and shift, fused with the ReLU,
   the residual add, or the nearest x2 upsampling, and written straight into the reflection-padded input
   buffer of the next convolution (no separate pad pass).

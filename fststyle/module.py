@@ -88,9 +88,9 @@ class StyleTransferModule(pl.LightningModule):
     # ---- training ---------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Stylise N,3,H,W images in [0,1] -> N,3,H,W in [0,1]."""
-        return self.transformer(self._memory_format(images))
+        return self.transformer(self.to_memory_format(images))
 
-    def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
+    def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         """N,3,H,W in the module's memory format (NHWC when ``channels_last``)."""
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
@@ -110,7 +110,7 @@ class StyleTransferModule(pl.LightningModule):
             # Every file of this batch was unreadable: a zero loss that still joins DDP's gradient all-reduce,
             # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
-        images = self._memory_format(images)
+        images = self.to_memory_format(images)
         terms = self.loss(self(images), images)
         total = terms["total"].detach().float()
         stats = torch.stack([(~torch.isfinite(total)).float(), total, torch.ones_like(total)])
@@ -180,7 +180,7 @@ class StyleTransferModule(pl.LightningModule):
     # ---- previews ---------------------------------------------------------------------------------------
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         """Stylise the fixed preview photos N,3,S,S; log their loss terms (averaged over processes)."""
-        batch = self._memory_format(batch)
+        batch = self.to_memory_format(batch)
         stylised = self(batch)
         terms = self.loss(stylised, batch)
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,

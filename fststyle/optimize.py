@@ -42,7 +42,10 @@ Callback = Callable[[int, torch.Tensor, dict[str, float]], None]
 
 @dataclass
 class OptimizeSettings:
-    """How one image is optimised; ``settings_from_config`` builds it from an ``engine`` config."""
+    """How one image is optimised; ``settings_from_config`` builds it from an ``engine`` config.
+
+    The defaults are those of conf/engine/base/solver.yaml (where their sources are cited), which the gatys
+    and mrf engine configs extend."""
 
     steps: int = 500  # iterations per pyramid level (L-BFGS iterations or Adam steps)
     optimizer: str = "lbfgs"  # lbfgs | adam
@@ -96,7 +99,7 @@ class OptimizationResult:
 
 
 def settings_from_config(engine_cfg: Mapping[str, Any]) -> OptimizeSettings:
-    """An ``engine`` config (conf/engine/gatys.yaml) -> settings; ``name`` and ``loss`` are not settings."""
+    """A composed ``engine`` config (conf/engine/gatys.yaml) -> settings; ``name`` and ``loss`` are not settings."""
     known = {f.name for f in dataclasses.fields(OptimizeSettings)}
     values = {k: v for k, v in dict(engine_cfg).items() if k not in ("name", "loss")}
     unknown = sorted(set(values) - known)

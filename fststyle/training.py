@@ -35,8 +35,6 @@ from fststyle.files import atomic_write
 from fststyle.images import list_images
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 
-#: trainer-group keys that configure the networks rather than the Lightning Trainer
-NETWORK_SWITCHES = ("channels_last", "compile")
 LAST_CHECKPOINT = "last.ckpt"
 
 
@@ -233,7 +231,7 @@ _MISSING_HINTS = {
 }
 
 
-def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+def plain_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """The config as plain, resolved Python containers; a missing mandatory value is a UserError naming it."""
     if isinstance(cfg, DictConfig):
         try:
@@ -263,7 +261,7 @@ def _style(cfg: dict[str, Any]) -> dict[str, Any]:
             "size": cfg.get("style_size")}
 
 
-def _data_module(data: dict[str, Any]) -> StyleDataModule:
+def data_module(data: dict[str, Any]) -> StyleDataModule:
     """The StyleDataModule with its paths resolved; ``preview`` may be a folder or a list of files."""
     data = dict(data)
     # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
@@ -280,10 +278,12 @@ def _data_module(data: dict[str, Any]) -> StyleDataModule:
 
 def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
-    cfg = _plain(cfg)
-    switches = {k: bool(cfg["trainer"].get(k, False)) for k in NETWORK_SWITCHES}
+    cfg = plain_config(cfg)
+    networks = cfg.get("networks") or {}
     return StyleTransferModule(transformer=cfg["transformer"], loss=cfg["loss"], style=_style(cfg),
-                               image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"), **switches)
+                               image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"),
+                               channels_last=bool(networks.get("channels_last", False)),
+                               compile=bool(networks.get("compile", False)))
 
 
 def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
@@ -308,7 +308,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
 
 def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     """Train one style model as ``cfg`` (the composed ``conf/train.yaml``) says; returns where it went."""
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
@@ -316,8 +316,8 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     if ckpt_path is not None:  # checked before the networks and data are built
         ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
     pl.seed_everything(cfg.get("seed", 0), workers=True)
-    trainer_args = {k: v for k, v in cfg["trainer"].items() if k not in NETWORK_SWITCHES}
-    datamodule = _data_module(cfg["data"])
+    trainer_args = dict(cfg["trainer"])
+    datamodule = data_module(cfg["data"])
     module = build_module(cfg)
     checkpoints = run_dir / "checkpoints"
     plugins = [AtomicCheckpointIO(), *(trainer_args.pop("plugins", None) or [])]
@@ -357,6 +357,5 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
     metadata = {k: v for k, v in style_metadata(dict(hparams), steps).items() if k not in ("format", "transformer")}
-    # contiguous: safetensors refuses strided views (load_image gives a permuted one)
-    style_image = module.style_images[0].contiguous() if len(module.style_images) == 1 else None
+    style_image = module.style_images[0] if len(module.style_images) == 1 else None
     return save_style_model(module.transformer, path, metadata, style_image=style_image)

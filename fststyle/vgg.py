@@ -3,7 +3,7 @@
 Layer names follow the papers: ``conv{block}_{i}``, ``relu{block}_{i}``, ``pool{block}``.
 Input images are RGB in [0, 1]; each weight source's own preprocessing happens inside.
 
-Weight sources (DESIGN.md §3), chosen explicitly by ``weights=``:
+Weight sources (docs/design.md §VGG weights), chosen explicitly by ``weights=``:
 
 - a path to a ``.pth`` file with torchvision's VGG state dict (``features.N.weight`` keys),
   for air-gapped clusters;
@@ -28,6 +28,7 @@ from torch import nn
 #: convolutions per block (Simonyan & Zisserman 2015, Table 1, configurations D and E)
 BLOCK_DEPTHS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)
+#: the named weight sources (a file path is the fourth kind); compare.py lists them in its messages
 WEIGHT_SOURCES = ("torchvision", "caffe", "random")
 
 #: ImageNet statistics used by torchvision's VGG weights (torchvision docs, ``VGG16_Weights``)

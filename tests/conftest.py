@@ -1,12 +1,92 @@
-"""Shared fixtures: the real data in ../shared/data and a few small real JPEGs."""
+"""Shared fixtures: the repository and its configs, tiny training settings, small real data and loss settings."""
 
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
 from PIL import Image
 
+from fststyle.training import plain_config
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_config(config_name: str, *overrides: str) -> DictConfig:
+    """conf/<config_name>.yaml composed with ``overrides``, as the command line composes it."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def tiny_train_overrides() -> list[str]:
+    """train.yaml overrides for mechanics-only runs: the bundled sample, random VGG weights, 32 px crops,
+    a quarter-width network."""
+    return ["data=sample", "transformer.width=0.25", "loss.network.weights=random", "data.image_size=32",
+            "data.batch_size=2", "data.num_workers=0", "data.preview_size=32", "style_size=32",
+            "trainer.log_every_n_steps=1", "trainer.val_check_interval=2", "checkpoint_every_n_steps=2",
+            f"style={REPO / 'data/styles/the_scream.jpg'}", f"data.root={REPO / 'data/coco_sample'}",
+            f"data.preview={REPO / 'data/preview'}"]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root (conf/, data/, train.py, infer.py)."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def compose() -> Callable[..., DictConfig]:
+    """``compose(config_name, *overrides)``: a config of conf/ composed as the command line does."""
+    return compose_config
+
+
+@pytest.fixture(scope="session")
+def tiny() -> list[str]:
+    """The tiny training overrides (``tiny_train_overrides``)."""
+    return tiny_train_overrides()
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., dict[str, Any]]:
+    """``tiny_config(run_dir, *overrides)``: train.yaml with the tiny overrides, as plain containers."""
+    def build(run_dir: Path, *overrides: str) -> dict[str, Any]:
+        return plain_config(compose_config("train", *tiny_train_overrides(), f"run_dir={run_dir}", *overrides))
+    return build
+
+
+@pytest.fixture(scope="session")
+def random_vgg_loss() -> Callable[..., dict[str, Any]]:
+    """``random_vgg_loss(arch, content_layers, style_layers, **more)``: PerceptualLoss settings on randomly
+    initialised VGG weights (tests of mechanics, no download)."""
+    def settings(arch: str = "vgg16", content_layers: dict[str, float] | None = None,
+                 style_layers: dict[str, float] | None = None, **more: Any) -> dict[str, Any]:
+        network = {"arch": arch, "weights": "random", **more.pop("network", {})}
+        return {"network": network, "content_layers": content_layers or {"relu1_2": 1.0},
+                "style_layers": style_layers or {"relu1_2": 1.0}, **more}
+    return settings
+
+
+@pytest.fixture(scope="session")
+def coco_folder() -> Callable[[Path, dict[str, bytes]], Path]:
+    """``coco_folder(root, images)``: a COCO-layout folder (annotations/instances_train2017.json + train2017/)
+    holding ``images`` (file name -> file bytes)."""
+    def build(root: Path, images: dict[str, bytes]) -> Path:
+        (root / "train2017").mkdir(parents=True)
+        (root / "annotations").mkdir()
+        for name, content in images.items():
+            (root / "train2017" / name).write_bytes(content)
+        entries = [{"id": index + 1, "file_name": name} for index, name in enumerate(images)]
+        (root / "annotations" / "instances_train2017.json").write_text(
+            json.dumps({"images": entries, "annotations": [], "categories": []}))
+        return root
+    return build
 
 
 @pytest.fixture(scope="session")

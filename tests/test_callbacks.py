@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -64,10 +63,8 @@ def test_gap_is_logged_to_tensorboard_during_fit_and_training_targets_are_untouc
         assert torch.equal(value, targets[name]), name
 
 
-def test_train_config_adds_the_callback_with_plus_callbacks():
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["+callbacks=gatys_gap",
-                                                      "callbacks.gatys_gap.every_n_steps=7"])
+def test_train_config_adds_the_callback_with_plus_callbacks(compose):
+    cfg = compose("train", "+callbacks=gatys_gap", "callbacks.gatys_gap.every_n_steps=7")
     callback = instantiate(cfg.callbacks.gatys_gap)
     assert isinstance(callback, GatysGapCallback) and callback.every_n_steps == 7
     assert callback.settings.steps == 500 and callback.photos == "data/preview"

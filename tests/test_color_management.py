@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image, ImageCms
 
 from fststyle.data import read_rgb_uint8
@@ -22,8 +21,6 @@ from fststyle.export import save_style_model
 from fststyle.images import load_image, open_image, read_photo, save_image
 from fststyle.stylize import Stylizer, run, stylize_file
 from fststyle.transformer import TransformerNet
-
-REPO = Path(__file__).resolve().parents[1]
 
 # CIE 1931 xy chromaticities: Display P3 (Apple; SMPTE EG 432-1 primaries with a D65 white) and sRGB (IEC 61966-2-1)
 P3_PRIMARIES = ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060))
@@ -196,14 +193,13 @@ def test_stylize_file_writes_srgb_pixels_and_keeps_exif(tmp_path: Path) -> None:
     assert torch.equal(load_image(tmp_path / "out.png"), torch.from_numpy(written).permute(2, 0, 1)[None] / 255.0)
 
 
-def test_jpeg_quality_setting_reaches_the_written_jpeg(tmp_path: Path) -> None:
+def test_jpeg_quality_setting_reaches_the_written_jpeg(compose, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), tmp_path / "m.safetensors",
                              {"style": {"name": "t"}})
     Image.fromarray(p3_test_pixels()).save(tmp_path / "photo.png")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("infer", overrides=[f"model={model}", f"input={tmp_path / 'photo.png'}",
-                                          f"output={tmp_path / 'out.jpg'}", "jpeg_quality=40"])
+    cfg = compose("infer", f"model={model}", f"input={tmp_path / 'photo.png'}", f"output={tmp_path / 'out.jpg'}",
+                  "jpeg_quality=40")
     assert run(cfg) == 0
     Image.new("RGB", (8, 8)).save(tmp_path / "reference.jpg", quality=40)
     with Image.open(tmp_path / "out.jpg") as written, Image.open(tmp_path / "reference.jpg") as reference:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from fststyle.compare import (
@@ -44,8 +43,7 @@ def tiny_model(path: Path, metadata: dict | None = None, style_size: int = STYLE
     net = TransformerNet(width=0.25, residual_blocks=1)
     info = {"style": {"name": "starry_night", "paths": [], "blend": None, "size": STYLE_SIZE},
             "loss": LOSS, "image_size": IMAGE_SIZE, "steps": 0} if metadata is None else metadata
-    # contiguous: main's save_style_model cannot store load_image's channels-last-strided tensor as is
-    style = load_image(REPO / "data/styles/starry_night.jpg", style_size).contiguous()
+    style = load_image(REPO / "data/styles/starry_night.jpg", style_size)
     return save_style_model(net, path, info, style_image=style)
 
 
@@ -57,19 +55,13 @@ def photo_folder(tmp_path: Path, count: int = 2) -> Path:
     return folder
 
 
-def compose_compare(model: Path, *overrides: str):
-    """conf/compare.yaml composed with ``model=`` and ``overrides``, as the command line does."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="compare", overrides=[f"model={model}", *overrides])
-
-
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
+def comparison(compose, tmp_path_factory):
     """One real comparison of two photos with fast, gatys and mrf; returns (output folder, report, exit code)."""
     tmp = tmp_path_factory.mktemp("cmp")
     model = tiny_model(tmp / "starry.safetensors")
     photos = photo_folder(tmp)
-    cfg = compose_compare(model, f"input={photos}", f"output={tmp / 'out'}", "device=cpu",
+    cfg = compose("compare", f"model={model}", f"input={photos}", f"output={tmp / 'out'}", "device=cpu",
                           f"image_size={IMAGE_SIZE}", "cell_height=40", *SLOW_OVERRIDES)
     code = run(cfg)
     return tmp / "out", json.loads((tmp / "out/report.json").read_text()), code
@@ -167,11 +159,11 @@ def test_bad_engine_lists_are_refused_before_any_work(tmp_path, engines, message
     assert not (tmp_path / "out").exists()
 
 
-def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(tmp_path):
+def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(compose, tmp_path):
     model = tiny_model(tmp_path / "m.safetensors")
     photos = photo_folder(tmp_path, count=1)
     (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
-    cfg = compose_compare(model, f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
+    cfg = compose("compare", f"model={model}", f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
                           "engines=[fast]", f"image_size={IMAGE_SIZE}")
     assert run(cfg) == 1
     report = json.loads((tmp_path / "out/report.json").read_text())
@@ -181,12 +173,12 @@ def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(tmp_path
     assert "broken.jpg" in (tmp_path / "out/report.md").read_text()
 
 
-def test_missing_model_and_input_are_named(tmp_path):
+def test_missing_model_and_input_are_named(compose, tmp_path):
     photos = photo_folder(tmp_path, count=1)
     with pytest.raises(ComparisonError, match="model not found: .*nope.safetensors"):
-        run(compose_compare(tmp_path / "nope.safetensors", f"input={photos}", "engines=[fast]"))
+        run(compose("compare", f"model={tmp_path / 'nope.safetensors'}", f"input={photos}", "engines=[fast]"))
     with pytest.raises(ComparisonError, match="input not found: .*nowhere"):
-        run(compose_compare(tmp_path / "m.safetensors", f"input={tmp_path / 'nowhere'}"))
+        run(compose("compare", f"model={tmp_path / 'm.safetensors'}", f"input={tmp_path / 'nowhere'}"))
 
 
 def test_summary_of_hand_made_rows():
@@ -226,12 +218,12 @@ def test_command_line_through_infer_py_reports_bad_photos_with_exit_status_1(tmp
     assert result.returncode == 1
 
 
-def test_an_engine_failing_on_one_photo_is_reported_and_the_rest_still_runs(tmp_path):
+def test_an_engine_failing_on_one_photo_is_reported_and_the_rest_still_runs(compose, tmp_path):
     model = tiny_model(tmp_path / "m.safetensors")
     photos = photo_folder(tmp_path, count=1)
     # a 15:1 panorama: at the comparison's 48 px it is 3 px high, too small for any 3x3 MRF patch; fast copes
     Image.new("RGB", (240, 16), (200, 120, 40)).save(photos / "panorama.jpg")
-    cfg = compose_compare(model, f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
+    cfg = compose("compare", f"model={model}", f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
                           "engines=[fast,mrf]", f"image_size={IMAGE_SIZE}", "cell_height=40", *SLOW_OVERRIDES)
     assert run(cfg) == 1
     report = json.loads((tmp_path / "out/report.json").read_text())

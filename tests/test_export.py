@@ -74,7 +74,6 @@ def test_pickle_carrying_code_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 #: Loads each model path given on the command line in a fresh process under an address-space guard (so the old,
 #: build-first code fails here instead of filling the machine) and prints, as JSON, each refusal's message and
@@ -113,7 +112,7 @@ def _with_transformer(path: Path, out: Path, **changes) -> Path:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the address space size from Linux /proc")
-def test_giant_metadata_is_refused_in_well_under_a_second_and_little_memory(tmp_path):
+def test_giant_metadata_is_refused_in_well_under_a_second_and_little_memory(repo, tmp_path):
     small = save_style_model(TransformerNet(width=0.25, residual_blocks=1), tmp_path / "small.safetensors", {})
     # beyond the bounds (the example), and the largest network within them (64 blocks of 1024 channels,
     # 4.8 GB of weights) over the same few tiny tensors: the second is refused only by the shape check
@@ -123,7 +122,7 @@ def test_giant_metadata_is_refused_in_well_under_a_second_and_little_memory(tmp_
     torch.save({"state_dict": {f"transformer.{k}": v for k, v in TransformerNet(width=0.25).state_dict().items()},
                 "hyper_parameters": {"transformer": read_metadata(widest)["transformer"]}}, checkpoint)
     probe = subprocess.run([sys.executable, "-c", _REFUSAL_PROBE, str(giant), str(widest), str(checkpoint)],
-                           cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           cwd=repo, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert probe.returncode == 0, probe.stderr[-2000:]
     measured = json.loads(probe.stdout.splitlines()[-1])
     giant_result, widest_result, checkpoint_result = measured["results"]

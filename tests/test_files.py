@@ -24,8 +24,6 @@ from fststyle.files import (
 )
 from fststyle.images import list_images
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_published_files_get_the_current_umask_mode(tmp_path: Path, umask: int) -> None:
@@ -38,7 +36,7 @@ def test_published_files_get_the_current_umask_mode(tmp_path: Path, umask: int) 
     assert (tmp_path / "out.txt").read_text() == "hello"
 
 
-def test_importing_and_writing_never_sets_the_umask(tmp_path: Path) -> None:
+def test_importing_and_writing_never_sets_the_umask(repo, tmp_path: Path) -> None:
     """os.umask can only be read by setting it, which races with threads creating files meanwhile."""
     script = (
         "import os\n"
@@ -49,7 +47,7 @@ def test_importing_and_writing_never_sets_the_umask(tmp_path: Path) -> None:
         f"atomic_write_text({str(tmp_path / 'x.txt')!r}, 'x')\n"
         "print(calls)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

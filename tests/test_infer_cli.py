@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -43,11 +42,6 @@ def _infer(*overrides: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _config(*overrides: str, config_name: str = "infer"):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
-
-
 def test_cli_stylises_a_file_tiled_with_colour_and_strength(model_path: Path, tmp_path: Path) -> None:
     photo = sorted(PREVIEW.glob("*.jpg"))[0]
     output = tmp_path / "out.png"
@@ -70,24 +64,24 @@ def test_cli_stylises_a_folder_with_summary_and_grid(model_path: Path, tmp_path:
     assert (tmp_path / "grid.png").is_file()
 
 
-def test_run_returns_non_zero_when_a_file_is_broken(model_path: Path, tmp_path: Path) -> None:
+def test_run_returns_non_zero_when_a_file_is_broken(compose, model_path: Path, tmp_path: Path) -> None:
     source = tmp_path / "photos"
     source.mkdir()
     Image.new("RGB", (20, 16), "teal").save(source / "good.png")
     (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    cfg = _config(f"model={model_path}", f"input={source}", f"output={tmp_path / 'out'}")
+    cfg = compose("infer", f"model={model_path}", f"input={source}", f"output={tmp_path / 'out'}")
     assert run(cfg) == 1
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "broken.png").exists()
 
 
-def test_run_exports_and_rejects_missing_settings(model_path: Path, tmp_path: Path) -> None:
-    assert run(_config(f"model={model_path}", "export=torchscript", f"output={tmp_path / 'm.pt'}")) == 0
+def test_run_exports_and_rejects_missing_settings(compose, model_path: Path, tmp_path: Path) -> None:
+    assert run(compose("infer", f"model={model_path}", "export=torchscript", f"output={tmp_path / 'm.pt'}")) == 0
     assert (tmp_path / "m.pt").is_file()
     # user errors are raised as UserError, which infer.py (fststyle.cli.run_job) turns into one line and exit 2
     with pytest.raises(UserError, match="nothing to stylise"):  # no input
-        run(_config(f"model={model_path}"))
+        run(compose("infer", f"model={model_path}"))
     with pytest.raises(ModelFileError, match="style model not found"):
-        run(_config(f"model={tmp_path / 'missing.safetensors'}", f"input={tmp_path}"))
+        run(compose("infer", f"model={tmp_path / 'missing.safetensors'}", f"input={tmp_path}"))
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -191,56 +185,54 @@ def test_cli_user_errors_are_one_line_exit_2_and_leave_the_inputs_untouched(work
     assert _snapshot(workspace) == before  # every input byte-identical, nothing written
 
 
-def test_settings_are_checked_before_the_model_or_the_vgg_is_loaded(workspace: Path) -> None:
+def test_settings_are_checked_before_the_model_or_the_vgg_is_loaded(compose, workspace: Path) -> None:
     """A wrong output suffix is reported even though the model (or the VGG weights) could not be loaded at all."""
     with pytest.raises(UserError, match="unknown image suffix '.gif'"):
-        run(_config(f"model={workspace / 'broken.png'}", f"input={workspace / 'photos' / 'a.png'}",
+        run(compose("infer", f"model={workspace / 'broken.png'}", f"input={workspace / 'photos' / 'a.png'}",
                     f"output={workspace / 'out.gif'}"))
     gatys = ["engine=gatys", f"content={workspace / 'photos' / 'a.png'}", f"style={workspace / 'style.png'}",
              f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"]
     for output, message in ((workspace / "out.gif", "unknown image suffix '.gif'"),
                             (workspace / "style.png" / "out.png", "is a file, not a folder")):
         with pytest.raises(UserError, match=message):
-            optimize_run(_config(*gatys, f"output={output}"))
+            optimize_run(compose("infer", *gatys, f"output={output}"))
     with pytest.raises(UserError, match="engine.init="):
-        optimize_run(_config("engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
+        optimize_run(compose("infer", "engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
                              f"style={workspace / 'style.png'}", f"output={workspace / 'out.png'}",
                              f"engine.init={workspace / 'missing.png'}"))
     with pytest.raises(UserError, match="export=onnx writes a .onnx file"):
-        run(_config(f"model={workspace / 'model.safetensors'}", "export=onnx", f"output={workspace / 'm.png'}"))
+        run(compose("infer", f"model={workspace / 'model.safetensors'}", "export=onnx", f"output={workspace / 'm.png'}"))
     with pytest.raises(UserError, match="precision must be"):
-        run(_config(f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
+        run(compose("infer", f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
                     "precision=fp8"))
     with pytest.raises(UserError, match="jpeg_quality"):
-        run(_config(f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
+        run(compose("infer", f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
                     "jpeg_quality=101"))
     assert not list(workspace.glob("out*")) and not list(workspace.glob("m.*"))
 
 
-def test_gatys_steps_and_report_may_not_hit_an_input(workspace: Path) -> None:
+def test_gatys_steps_and_report_may_not_hit_an_input(compose, workspace: Path) -> None:
     content = workspace / "shot.png"
     Image.new("RGB", (20, 16), "teal").save(content)
     (workspace / "out_steps").mkdir()
     Image.new("RGB", (8, 8), "red").save(workspace / "out_steps" / "step_00002.png")
     common = [f"content={content}", "engine=gatys", "engine.steps=2", "engine.image_size=16"]
     with pytest.raises(OverwriteError, match="step_00002.png"):
-        optimize_run(_config(*common, f"style={workspace / 'out_steps' / 'step_00002.png'}",
+        optimize_run(compose("infer", *common, f"style={workspace / 'out_steps' / 'step_00002.png'}",
                              f"output={workspace / 'out.png'}", "engine.save_every=2"))
     (workspace / "shot.json").write_text("{}")  # an input where the run report (<output stem>.json) would go
     with pytest.raises(OverwriteError, match="shot.json"):
-        optimize_run(_config(*common, f"style={workspace / 'shot.json'}", f"output={workspace / 'shot.jpg'}"))
+        optimize_run(compose("infer", *common, f"style={workspace / 'shot.json'}", f"output={workspace / 'shot.jpg'}"))
 
 
-def test_compare_output_inside_the_input_folder_is_not_compared_again(workspace: Path) -> None:
+def test_compare_output_inside_the_input_folder_is_not_compared_again(random_vgg_loss, compose, workspace: Path) -> None:
     photos = workspace / "photos"
     torch.manual_seed(0)
-    loss = {"network": {"arch": "vgg16", "weights": "random"}, "content_layers": {"relu1_2": 1.0},
-            "style_layers": {"relu1_2": 1.0}}
+    loss = random_vgg_loss("vgg16", {"relu1_2": 1.0}, {"relu1_2": 1.0})
     model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), workspace / "scored.safetensors",
                              {"style": {"name": "navy", "size": 12}, "loss": loss}, style_image=torch.rand(1, 3, 12, 12))
-    cfg = _config(f"model={model}", f"input={photos}",
-                  f"output={photos / 'cmp'}", "engines=[fast]", "image_size=16", "device=cpu",
-                  config_name="compare")
+    cfg = compose("compare", f"model={model}", f"input={photos}", f"output={photos / 'cmp'}", "engines=[fast]",
+                  "image_size=16", "device=cpu")
     assert compare_run(cfg) == 0
     assert (photos / "cmp" / OUTPUT_MARKER).is_file()
     assert list_images(photos) == [photos / "a.png", photos / "b.png"]

@@ -113,12 +113,10 @@ def test_clear_errors_for_missing_targets():
         loss(torch.rand(1, 3, 16, 16))
 
 
-def test_from_config_builds_the_named_network():
-    loss = PerceptualLoss.from_config({
-        "network": {"arch": "vgg19", "weights": "random", "pooling": "avg"},
-        "content_layers": {"relu4_2": 1.0}, "style_layers": {"relu1_1": 0.5, "relu5_1": 1.0},
-        "content_weight": 3.0, "style_weight": 7.0, "tv_weight": 0.0,
-    })
+def test_from_config_builds_the_named_network(random_vgg_loss):
+    loss = PerceptualLoss.from_config(random_vgg_loss(
+        "vgg19", {"relu4_2": 1.0}, {"relu1_1": 0.5, "relu5_1": 1.0}, network={"pooling": "avg"},
+        content_weight=3.0, style_weight=7.0, tv_weight=0.0))
     assert loss.vgg.arch == "vgg19" and loss.vgg.names[-1] == "relu5_1"
     assert loss.style.layer_weights == {"relu1_1": 0.5, "relu5_1": 1.0}
     assert (loss.content_weight, loss.style_weight) == (3.0, 7.0)

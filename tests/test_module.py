@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -11,41 +10,25 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fststyle.export import load_style_model, read_metadata
 from fststyle.images import load_image
 from fststyle.module import NonFiniteLossError, StyleTransferModule
-from fststyle.training import _data_module, _plain, build_module, train
+from fststyle.training import build_module, data_module, train
 from fststyle.vgg import VGGFeatures
-
-REPO = Path(__file__).resolve().parents[1]
-#: tiny, fast settings: mechanics only (random VGG weights, 32 px crops, quarter-width network)
-TINY = ["data=sample", "transformer.width=0.25", "loss.network.weights=random", "data.image_size=32",
-        "data.batch_size=2", "data.num_workers=0", "data.preview_size=32", "style_size=32",
-        "trainer.log_every_n_steps=1", "trainer.val_check_interval=2", "checkpoint_every_n_steps=2",
-        f"style={REPO / 'data/styles/the_scream.jpg'}", f"data.root={REPO / 'data/coco_sample'}",
-        f"data.preview={REPO / 'data/preview'}"]
-
 
 HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "optimizer.gamma=0.5"]
 
 
-def tiny_config(run_dir: Path, *overrides: str) -> dict:
-    """The composed train.yaml with TINY settings, writing into ``run_dir``."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return _plain(compose("train", overrides=[*TINY, f"run_dir={run_dir}", *overrides]))
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+def tiny_run(tiny_config, tmp_path_factory: pytest.TempPathFactory):
     """One 4-step training run (checkpoints and previews every 2 steps; LR halved every 2 steps)."""
     return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4", *HALVE_LR_EVERY_2_STEPS))
 
 
-def test_transformer_gets_gradients_and_vgg_none(tmp_path: Path) -> None:
+def test_transformer_gets_gradients_and_vgg_none(tiny_config, tmp_path: Path) -> None:
     module = build_module(tiny_config(tmp_path))
     images = torch.rand(2, 3, 32, 32)
     output = module(images)
@@ -59,7 +42,7 @@ def test_transformer_gets_gradients_and_vgg_none(tmp_path: Path) -> None:
     assert all(p.grad is None and not p.requires_grad for p in module.loss.vgg.parameters())
 
 
-def test_hyperparameters_are_plain_containers(tmp_path: Path) -> None:
+def test_hyperparameters_are_plain_containers(tiny_config, tmp_path: Path) -> None:
     hparams = dict(build_module(tiny_config(tmp_path)).hparams)
 
     def plain(value) -> bool:
@@ -74,14 +57,14 @@ def test_hyperparameters_are_plain_containers(tmp_path: Path) -> None:
     assert hparams["style"]["name"] == "the_scream" and hparams["optimizer"]["lr"] == 1e-3
 
 
-def test_blended_styles_name_the_model(tmp_path: Path) -> None:
-    styles = [REPO / "data/styles/the_scream.jpg", REPO / "data/styles/udnie.jpg"]
+def test_blended_styles_name_the_model(repo, tiny_config, tmp_path: Path) -> None:
+    styles = [repo / "data/styles/the_scream.jpg", repo / "data/styles/udnie.jpg"]
     module = build_module(tiny_config(tmp_path, f"style=[{styles[0]},{styles[1]}]", "style_blend=[3,1]"))
     assert module.hparams.style["name"] == "the_scream+udnie" and module.hparams.style["blend"] == [3, 1]
     assert len(module.style_images) == 2 and max(module.style_images[1].shape[-2:]) == 32
 
 
-def test_missing_style_image_names_the_file(tmp_path: Path) -> None:
+def test_missing_style_image_names_the_file(tiny_config, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="style image not found: .*nowhere.jpg"):
         build_module(tiny_config(tmp_path, "style=nowhere.jpg"))
 
@@ -131,7 +114,7 @@ def test_exported_model_matches_module_bit_for_bit(tiny_run) -> None:
     assert read_metadata(tiny_run.model_path)["loss"]["network"]["weights"] == "random"
 
 
-def test_resume_continues_step_and_optimizer_state(tiny_run, tmp_path: Path) -> None:
+def test_resume_continues_step_and_optimizer_state(tiny_config, tiny_run, tmp_path: Path) -> None:
     last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
     resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={last}", *HALVE_LR_EVERY_2_STEPS))
     assert resumed.global_step == 6
@@ -152,26 +135,14 @@ class PoisonWeightsAt(pl.Callback):
             pl_module.transformer.decoder[-1][1].bias.data.fill_(float("nan"))
 
 
-def test_non_finite_loss_stops_naming_the_step(tmp_path: Path) -> None:
+def test_non_finite_loss_stops_naming_the_step(tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path)
     trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          limit_val_batches=0, default_root_dir=tmp_path, callbacks=[PoisonWeightsAt(3)])
     module = build_module(cfg)
     with pytest.raises(NonFiniteLossError, match="global step 3"):
-        trainer.fit(module, datamodule=_data_module(cfg["data"]))
+        trainer.fit(module, datamodule=data_module(cfg["data"]))
     assert trainer.global_step == 3  # no optimiser step ran on the non-finite loss
-
-
-def coco_folder(root: Path, images: dict[str, bytes]) -> Path:
-    """A COCO-layout folder (annotations/instances_train2017.json + train2017/) holding ``images`` (name -> file)."""
-    (root / "train2017").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    for name, content in images.items():
-        (root / "train2017" / name).write_bytes(content)
-    entries = [{"id": index + 1, "file_name": name} for index, name in enumerate(images)]
-    (root / "annotations" / "instances_train2017.json").write_text(
-        json.dumps({"images": entries, "annotations": [], "categories": []}))
-    return root
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -185,12 +156,12 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 AFTER_LAST_NORM = {"decoder.1.conv.2.bias", "decoder.2.1.weight", "decoder.2.1.bias"}
 
 
-def test_uniform_image_gradients_are_exact_and_finite(tmp_path: Path) -> None:
+def test_uniform_image_gradients_are_exact_and_finite(repo, tiny_config, tmp_path: Path) -> None:
     """A uniform image makes every map of the network constant; instance norm's backward multiplies by
     1/sqrt(eps) = 316 at each of its 15 layers, which overflowed to NaN (or left 1e29-sized garbage) in the
     first convolution's gradient. Its true gradient there is zero, and a photo beside it must keep its own."""
     module = build_module(tiny_config(tmp_path))
-    photo = load_image(REPO / "data/preview/000000000030.jpg", (32, 32))
+    photo = load_image(repo / "data/preview/000000000030.jpg", (32, 32))
     uniform = torch.cat([torch.zeros(1, 3, 32, 32), torch.full((1, 3, 32, 32), 0.6)])
 
     def gradients(images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,9 +180,9 @@ def test_uniform_image_gradients_are_exact_and_finite(tmp_path: Path) -> None:
     assert torch.linalg.vector_norm(mixed - expected) <= 1e-4 * torch.linalg.vector_norm(expected)
 
 
-def test_training_on_a_folder_with_a_black_image_stays_finite(tmp_path: Path) -> None:
+def test_training_on_a_folder_with_a_black_image_stays_finite(repo, tiny_config, coco_folder, tmp_path: Path) -> None:
     """Three photos and an all-black 400x400 PNG (a blank frame): every loss, weight and Adam moment stays finite."""
-    photos = {p.name: p.read_bytes() for p in sorted((REPO / "data/preview").iterdir())[:3]}
+    photos = {p.name: p.read_bytes() for p in sorted((repo / "data/preview").iterdir())[:3]}
     root = coco_folder(tmp_path / "coco", {**photos, "black.png": png_bytes(np.zeros((400, 400, 3), np.uint8))})
     result = train(tiny_config(tmp_path / "run", f"data.root={root}", "trainer.max_steps=4",
                                "trainer.val_check_interval=4"))

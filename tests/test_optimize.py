@@ -3,11 +3,9 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from fststyle.color import rgb_to_yiq
 from fststyle.errors import UserError
@@ -24,7 +22,6 @@ from fststyle.optimize import (
 )
 from fststyle.vgg import VGGFeatures
 
-REPO = Path(__file__).resolve().parents[1]
 GATYS_STYLE = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 
 
@@ -121,9 +118,8 @@ def test_pyramid_adam_and_intermediate_images(gatys, photo, starry, tmp_path):
     assert result.history[-1]["total"] < result.history[0]["total"]
 
 
-def test_mrf_engine_lowers_the_mrf_loss(photo, starry):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("infer", overrides=["engine=mrf"])
+def test_mrf_engine_lowers_the_mrf_loss(compose, photo, starry):
+    cfg = compose("infer", "engine=mrf")
     loss = build_loss(cfg.engine)
     settings = settings_from_config(cfg.engine)
     assert settings.pyramid_levels == 3 and settings.steps == 100  # CNNMRF's defaults
@@ -132,40 +128,34 @@ def test_mrf_engine_lowers_the_mrf_loss(photo, starry):
     assert result.final_terms["style"] < 0.7 * result.history[0]["style"]
 
 
-def compose_infer(overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("infer", overrides=overrides)
-
-
-def test_clear_errors_for_bad_inputs(bundled_data, tmp_path):
+def test_clear_errors_for_bad_inputs(random_vgg_loss, compose, bundled_data, tmp_path):
     style = str(bundled_data / "styles" / "starry_night.jpg")
     photo = str(sorted((bundled_data / "preview").glob("*.jpg"))[0])
     missing = tmp_path / "nope.jpg"
     with pytest.raises(FileNotFoundError, match="style file not found: .*nope.jpg"):
-        run(compose_infer(["engine=gatys", f"content={photo}", f"style={missing}", f"output={tmp_path}/o.png"]))
+        run(compose("infer", "engine=gatys", f"content={photo}", f"style={missing}", f"output={tmp_path}/o.png"))
     with pytest.raises(FileNotFoundError, match="content file not found"):
-        run(compose_infer(["engine=gatys", f"content={missing}", f"style={style}", f"output={tmp_path}/o.png"]))
+        run(compose("infer", "engine=gatys", f"content={missing}", f"style={style}", f"output={tmp_path}/o.png"))
     with pytest.raises(ValueError, match="needs style="):
-        run(compose_infer(["engine=gatys", f"content={photo}", f"output={tmp_path}/o.png"]))
+        run(compose("infer", "engine=gatys", f"content={photo}", f"output={tmp_path}/o.png"))
     with pytest.raises(ValueError, match="2 styles but 1 content_masks"):
-        run(compose_infer(["engine=gatys", f"content={photo}", f"style=[{style},{style}]",
-                           f"content_masks=[{photo}]", f"output={tmp_path}/o.png"]))
+        run(compose("infer", "engine=gatys", f"content={photo}", f"style=[{style},{style}]",
+                           f"content_masks=[{photo}]", f"output={tmp_path}/o.png"))
     with pytest.raises(ValueError, match="unknown optimisation settings"):
         settings_from_config({"name": "gatys", "step": 3})
     with pytest.raises(ValueError, match="Gram style loss"):
-        loss = PerceptualLoss.from_config({"network": {"arch": "vgg19", "weights": "random"},
-                                           "style_layers": {"relu3_1": 1.0}, "style_loss": "mrf"})
+        loss = PerceptualLoss.from_config(random_vgg_loss("vgg19", style_layers={"relu3_1": 1.0}, style_loss="mrf"))
         optimize_image(torch.rand(1, 3, 32, 32), [torch.rand(1, 3, 32, 32)], loss, OptimizeSettings(steps=1),
                        content_masks=[torch.ones(1, 1, 32, 32)], progress=False)
 
 
-def test_infer_cli_writes_the_image_and_the_json(bundled_data, tmp_path):
+def test_infer_cli_writes_the_image_and_the_json(repo, bundled_data, tmp_path):
     output = tmp_path / "out" / "result.png"
     command = [sys.executable, "infer.py", "engine=gatys", f"output={output}", "engine.image_size=48",
                "engine.steps=2", "engine.save_every=2",
                f"content={sorted((bundled_data / 'preview').glob('*.jpg'))[0]}",
                f"style={bundled_data / 'styles' / 'udnie.jpg'}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_image(output).shape[-1] == 48
     report = json.loads(output.with_suffix(".json").read_text())
@@ -177,12 +167,11 @@ def test_infer_cli_writes_the_image_and_the_json(bundled_data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def random_mrf() -> PerceptualLoss:
+def random_mrf(random_vgg_loss) -> PerceptualLoss:
     """conf/engine/mrf.yaml's layers and patches on a random VGG-19 (the pyramid logic needs no real weights)."""
-    return PerceptualLoss.from_config({"network": {"arch": "vgg19", "weights": "random"},
-                                       "content_layers": {"relu4_2": 1.0},
-                                       "style_layers": {"relu3_1": 1.0, "relu4_1": 1.0}, "style_loss": "mrf",
-                                       "mrf": {"patch_size": 3, "stride": 2, "style_stride": 2}})
+    return PerceptualLoss.from_config(random_vgg_loss("vgg19", {"relu4_2": 1.0}, {"relu3_1": 1.0, "relu4_1": 1.0},
+                                                      style_loss="mrf",
+                                                      mrf={"patch_size": 3, "stride": 2, "style_stride": 2}))
 
 
 def test_mrf_pyramid_skips_levels_too_small_for_the_patch_and_says_so(random_mrf, caplog):

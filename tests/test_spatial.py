@@ -5,7 +5,6 @@ import torch
 
 from fststyle.images import load_image
 from fststyle.losses import (
-    STYLE_LOSSES,
     GramStyleLoss,
     PerceptualLoss,
     SpatialGramStyleLoss,
@@ -57,7 +56,10 @@ def test_single_full_mask_equals_the_gram_loss():
     plain.set_style(style)
     spatial.set_style(style, content_masks=[torch.ones(1, 1, 5, 5)])
     assert torch.allclose(plain(output)["style"], spatial(output)["style"], rtol=1e-5)
-    assert STYLE_LOSSES["spatial_gram"] is SpatialGramStyleLoss
+    # masks come with the images (content_masks=), never from a loss config: style_loss=spatial_gram is no choice
+    with pytest.raises(ValueError, match=r"unknown style_loss 'spatial_gram'; choose one of \['gram', 'mrf'\]"):
+        PerceptualLoss.from_config({"network": {"weights": "random"}, "style_layers": LAYERS,
+                                    "style_loss": "spatial_gram"})
 
 
 def test_mask_count_must_match_the_styles():

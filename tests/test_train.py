@@ -17,9 +17,9 @@ import torch
 
 from fststyle.cli import run_job
 from fststyle.export import load_style_model
-from fststyle.training import train  # noqa: I001  (after the shared test settings)
-from tests.test_module import REPO, TINY, coco_folder, tiny_config
+from fststyle.training import train
 
+REPO = Path(__file__).resolve().parents[1]  # train.py's folder: the subprocesses run there
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "FSTSTYLE_OFFLINE": "1"}
 
 
@@ -56,7 +56,7 @@ def recorder(folder: Path) -> list[str]:
 
 
 DDP_ON_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-              "trainer.channels_last=false", "trainer.benchmark=false"]
+              "networks.channels_last=false", "trainer.benchmark=false"]
 
 
 def start_train(*overrides: str) -> subprocess.Popen:
@@ -86,7 +86,7 @@ def run_train(*overrides: str, timeout: int = 300) -> subprocess.CompletedProces
                           text=True, timeout=timeout)
 
 
-def test_fast_dev_run_through_the_hydra_config(tmp_path: Path) -> None:
+def test_fast_dev_run_through_the_hydra_config(tiny_config, tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path, "trainer.fast_dev_run=true"))
     assert result.global_step == 1
     net, info = load_style_model(result.model_path)
@@ -105,10 +105,10 @@ def test_demo_preset_runs_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["step_000000.png", "step_000003.png"]
 
 
-def test_two_process_ddp_ranks_see_different_images(tmp_path: Path) -> None:
+def test_two_process_ddp_ranks_see_different_images(tiny, tmp_path: Path) -> None:
     hashes = tmp_path / "hashes"
-    done = run_train(*TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "trainer.precision=32-true", "trainer.channels_last=false", "trainer.benchmark=false",
+    done = run_train(*tiny, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.precision=32-true", "networks.channels_last=false", "trainer.benchmark=false",
                      "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'run'}", *recorder(hashes))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = ((hashes / f"rank{r}.txt").read_text().split() for r in (0, 1))
@@ -120,12 +120,12 @@ def test_two_process_ddp_ranks_see_different_images(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_leaves_a_loadable_last_checkpoint(tmp_path: Path, signum: int) -> None:
+def test_signal_leaves_a_loadable_last_checkpoint(tiny, tmp_path: Path, signum: int) -> None:
     """SIGTERM to the process (SLURM, kill) or SIGINT to its whole process group (Ctrl-C in a terminal,
     which also reaches the DataLoader worker) mid-run: training stops after the step with last.ckpt."""
     hashes = tmp_path / "hashes"
     process = subprocess.Popen(
-        [sys.executable, "train.py", *TINY, "data.num_workers=1", "trainer.max_steps=100000",
+        [sys.executable, "train.py", *tiny, "data.num_workers=1", "trainer.max_steps=100000",
          "checkpoint_every_n_steps=100000", "trainer.val_check_interval=100000", f"hydra.run.dir={tmp_path / 'run'}",
          *recorder(hashes)],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -155,14 +155,14 @@ def lines(path: Path) -> int:
     return len(path.read_text().split()) if path.is_file() else 0
 
 
-def test_ddp_rank_whose_batch_is_all_unreadable_neither_deadlocks_nor_ignores_sigterm(tmp_path: Path) -> None:
+def test_ddp_rank_whose_batch_is_all_unreadable_neither_deadlocks_nor_ignores_sigterm(tiny, coco_folder, tmp_path: Path) -> None:
     """Two images, one unreadable, batch 1 on each of 2 processes: every step one rank has an empty batch.
     That rank used to skip the step's collective the other rank entered, and both hung for good; SIGTERM could
     not end them. Now the run keeps stepping, and SIGTERM stops both ranks after the same step with last.ckpt."""
     photo = (REPO / "data/preview/000000000030.jpg").read_bytes()
     root = coco_folder(tmp_path / "coco", {"photo.jpg": photo, "broken.jpg": photo[:300]})
     hashes, run = tmp_path / "hashes", tmp_path / "run"
-    process = start_train(*TINY, *DDP_ON_CPU, f"data.root={root}", "data.batch_size=1", "trainer.max_steps=100000",
+    process = start_train(*tiny, *DDP_ON_CPU, f"data.root={root}", "data.batch_size=1", "trainer.max_steps=100000",
                           "trainer.val_check_interval=100000", "checkpoint_every_n_steps=100000",
                           f"hydra.run.dir={run}", *recorder(hashes))
     try:
@@ -178,12 +178,12 @@ def test_ddp_rank_whose_batch_is_all_unreadable_neither_deadlocks_nor_ignores_si
     assert "skipping unreadable training image" in output and "broken.jpg" in output
 
 
-def test_sigterm_ends_a_ddp_run_stuck_in_a_collective(tmp_path: Path) -> None:
+def test_sigterm_ends_a_ddp_run_stuck_in_a_collective(tiny, tmp_path: Path) -> None:
     """Rank 1 blocks for good at step 2, so rank 0 waits for it inside the step's gradient all-reduce, where
     no Python signal handler runs. SIGTERM still ends the run: the watchdog exits 143 after the grace period
     (2 s here) and kills the rank it started."""
     marker, run = tmp_path / "stalled.pid", tmp_path / "run"
-    process = start_train(*TINY, *DDP_ON_CPU, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+    process = start_train(*tiny, *DDP_ON_CPU, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
                           "checkpoint_every_n_steps=100000", "sigterm_grace_s=2", f"hydra.run.dir={run}",
                           "+callbacks.stall._target_=tests.test_train.StallRank", "+callbacks.stall.rank=1",
                           "+callbacks.stall.step=2", f"+callbacks.stall.marker={marker}")
@@ -226,7 +226,7 @@ def test_missing_data_root_is_one_line_naming_the_fix() -> None:
     ("data.kind=lmdb", "data.kind must be coco"),
     ("data.max_images=0", "lists no images"),
 ])
-def test_training_user_errors_are_one_line_with_the_fix(tmp_path: Path, capsys, override: str, names: str) -> None:
+def test_training_user_errors_are_one_line_with_the_fix(tiny_config, tmp_path: Path, capsys, override: str, names: str) -> None:
     """What train.py does with them (fststyle.cli.run_job): one line on stderr naming the setting, exit 2."""
     cfg = tiny_config(tmp_path, override)
     with pytest.raises(SystemExit) as exited:

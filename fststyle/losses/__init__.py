@@ -18,7 +18,6 @@ from fststyle.losses.perceptual import (
 from fststyle.losses.spatial import SpatialGramStyleLoss, masked_gram_matrix, resize_mask
 
 STYLE_LOSSES["mrf"] = MRFStyleLoss
-STYLE_LOSSES["spatial_gram"] = SpatialGramStyleLoss
 
 __all__ = [
     "STYLE_LOSSES",
