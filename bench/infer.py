@@ -1,4 +1,5 @@
-"""Benchmark instant stylisation: the project's inference path against a plain eager fp32 baseline.
+"""Benchmark instant stylisation: the one network's fast inference form (what ``Stylizer`` runs:
+``TransformerNet.fast_inference``) against the same network's plain eager fp32 forward.
 
     PYTHONPATH=. python bench/infer.py                      # CPU timing table (256^2 .. 1920x1080)
     PYTHONPATH=. python bench/infer.py --sizes 1024x1024 --repeats 5
@@ -6,17 +7,22 @@
     PYTHONPATH=. python bench/infer.py --compile            # also time torch.compile (and its compile time)
 
 Weights are random (the default Johnson architecture): timing does not depend on them. Baseline =
-``TransformerNet.forward`` in ``torch.no_grad`` on an NCHW fp32 tensor. Both run in this process, one
-after the other, on the same input; the best and the median of ``--repeats`` runs are printed, since
-other processes may share the cores. Nothing is asserted.
+``TransformerNet.forward`` (fast inference off) in ``torch.no_grad`` on an NCHW fp32 tensor. Both run in
+this process on the same input, interleaved (one call of each per round); the best and the median of
+``--repeats`` rounds are printed with the load averages before and after, since other processes may share
+the cores. Nothing is
+asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +35,20 @@ from fststyle.transformer import TransformerNet
 SIZES = ["256x256", "512x512", "1024x1024", "1920x1080"]
 
 
-def timed(function, repeats: int) -> tuple[float, float]:
-    """(best, median) wall seconds of ``repeats`` calls after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """(best, median) wall seconds of each function over ``repeats`` rounds, after one warm-up call each.
+
+    One round calls every function once, in turn, so load from other processes on shared cores falls on
+    all of them alike and the ratios stay comparable."""
+    for function in functions.values():
         function()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(values), statistics.median(values)) for name, values in times.items()}
 
 
 def timing_table(sizes: list[str], repeats: int, use_compile: bool) -> None:
@@ -58,23 +69,33 @@ def timing_table(sizes: list[str], repeats: int, use_compile: bool) -> None:
             return network(images)
 
     print(f"device: {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, random weights, best/median of {repeats}")
+          f"threads {torch.get_num_threads()}, random weights, best/median of {repeats} interleaved rounds, "
+          f"load average {_load_average()}")
     print(f"{'size':>10} {'variant':>17} {'best ms':>9} {'median ms':>10} {'MP/s':>6} {'speed-up':>8}")
     for size in sizes:
         width, height = (int(v) for v in size.split("x"))
         images = torch.rand(1, 3, height, width, device=device)
-        best_base, median_base = timed(lambda images=images: baseline(images), repeats)
         megapixels = width * height / 1e6
-        print(f"{size:>10} {'eager fp32':>17} {best_base * 1e3:9.0f} {median_base * 1e3:10.0f} "
-              f"{megapixels / best_base:6.2f} {1:8.2f}")
-        for name, function in variants.items():
-            if name == "stylizer+compile":
-                start = time.perf_counter()
-                function(images)
-                print(f"{size:>10} {'(compile+first)':>17} {(time.perf_counter() - start) * 1e3:9.0f}")
-            best, median = timed(lambda images=images, function=function: function(images), repeats)
+        if use_compile:
+            start = time.perf_counter()
+            variants["stylizer+compile"](images)
+            print(f"{size:>10} {'(compile+first)':>17} {(time.perf_counter() - start) * 1e3:9.0f}")
+        functions = {"eager fp32": baseline} | variants
+        results = timed_interleaved({name: partial(function, images) for name, function in functions.items()},
+                                    repeats)
+        best_base = results["eager fp32"][0]
+        for name, (best, median) in results.items():
             print(f"{size:>10} {name:>17} {best * 1e3:9.0f} {median * 1e3:10.0f} {megapixels / best:6.2f} "
                   f"{best_base / best:8.2f}")
+    print(f"load average after: {_load_average()}")
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages (``uptime``), or "n/a" where the OS has none."""
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def tiling_difference(photo: str, tile: int, overlap: int, model: str | None) -> None:

@@ -1,10 +1,9 @@
 """Portable exports of a style model: ONNX (dynamic N, H, W) and TorchScript (any size), plus the
 ``.ckpt`` -> ``.safetensors`` conversion, all behind ``export_model`` (``infer.py model=... export=...``).
 
-``TransformerNet.forward`` pads to a multiple of 4 with an early return when no padding is needed, and its
-upsampling passes an int scale factor; both trip exporters (tracing bakes the trace size's padding in,
-``torch.jit.script`` rejects the int, the dynamo exporter specialises the branch). ``PortableTransformer``
-runs the same modules with the same arithmetic, written so the padding stays a function of the input size.
+Both export ``TransformerNet`` itself: its forward has no data-dependent branch and its padding is a function
+of the input size; its inference-only fast paths (``fast_inference``, recorded statistics) are off in a loaded
+model and skipped under TorchScript.
 """
 
 from __future__ import annotations
@@ -13,13 +12,11 @@ import importlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fststyle.errors import UserError
 from fststyle.export import ModelFileError, export_checkpoint, load_style_model
 from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
-from fststyle.transformer import TransformerNet, UpsampleConv
+from fststyle.transformer import TransformerNet
 
 #: ONNX opset for the dynamo exporter (opset 18 has Pad with reflect mode and Resize; onnxruntime >= 1.14 runs it)
 ONNX_OPSET = 18
@@ -31,48 +28,17 @@ EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safet
 ONNX_EXPORTER_PACKAGES = ("onnx", "onnxscript")
 
 
-class PortableTransformer(nn.Module):
-    """``TransformerNet`` forward for exporters (same submodules and output): N,3,H,W [0,1] -> N,3,H,W [0,1]."""
-
-    def __init__(self, net: TransformerNet) -> None:
-        super().__init__()
-        self.stride = net.STRIDE
-        self.min_size = net.MIN_SIZE
-        layers: list[nn.Module] = []
-        for layer in net.decoder:
-            if isinstance(layer, UpsampleConv) and layer.mode == "nearest":
-                layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), layer.conv]
-            elif isinstance(layer, UpsampleConv):
-                layers.append(layer.conv)
-            else:
-                layers.append(layer)
-        self.body = nn.Sequential(net.encoder, net.residuals, *layers)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2], images.shape[-1]
-        padded_height = max(self.min_size, (height + self.stride - 1) // self.stride * self.stride)
-        padded_width = max(self.min_size, (width + self.stride - 1) // self.stride * self.stride)
-        pad_h, pad_w = padded_height - height, padded_width - width
-        if height > pad_h and width > pad_w:
-            x = F.pad(images, [0, pad_w, 0, pad_h], mode="reflect")
-        else:
-            x = F.pad(images, [0, pad_w, 0, pad_h], mode="replicate")
-        x = (torch.tanh(self.body(x)) + 1) / 2
-        return x[:, :, :height, :width]
-
-
 def export_onnx(model_path: str | Path, out: str | Path) -> Path:
     """Write the style model at ``model_path`` as ONNX with dynamic batch, height and width (H, W >= 8)."""
     _require_onnx_exporter()
     net, _ = load_style_model(model_path)
-    portable = PortableTransformer(net).eval()
     # batch 2 and odd sizes so the exporter cannot specialise any of them to a constant
     example = torch.rand(2, 3, 67, 61)
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=ONNX_MIN_SIZE),
             3: torch.export.Dim("width", min=ONNX_MIN_SIZE)}
     out = Path(out)
     with atomic_write(out) as tmp:
-        program = torch.onnx.export(portable, (example,), dynamo=True, opset_version=ONNX_OPSET,
+        program = torch.onnx.export(net.eval(), (example,), dynamo=True, opset_version=ONNX_OPSET,
                                     input_names=["images"], output_names=["stylised"],
                                     dynamic_shapes={"images": dims}, verbose=False)
         program.save(str(tmp))
@@ -95,7 +61,7 @@ def _require_onnx_exporter() -> None:
 def export_torchscript(model_path: str | Path, out: str | Path) -> Path:
     """Write the style model at ``model_path`` as a scripted TorchScript module that runs any H, W."""
     net, _ = load_style_model(model_path)
-    scripted = torch.jit.script(PortableTransformer(net).eval())
+    scripted = torch.jit.script(net.eval())
     out = Path(out)
     with atomic_write(out) as tmp:
         scripted.save(str(tmp))

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from fststyle import inference_net
 from fststyle.color import preserve_colors
 from fststyle.errors import InputNotFoundError, UserError
 from fststyle.export import load_style_model
@@ -137,11 +136,10 @@ class Stylizer:
         if self.tile is not None and not 0 <= 2 * self.tile_overlap < self.tile:
             raise UserError(f"tile_overlap={self.tile_overlap} must be >= 0 and less than half of tile={self.tile}")
         self.network = self.network.to(self.device, self.dtype).eval()
-        self.fast = inference_net.InferenceNet(self.network) if inference_net.supports(self.network) else None
-        if self.compile:  # inductor fuses the plain network itself (it fails on InferenceNet's out= writes)
+        if self.compile:  # inductor fuses the plain network itself (it fails on the fast form's out= writes)
             self._forward = torch.compile(self.network.to(memory_format=torch.channels_last))
         else:
-            self._forward = self.fast if self.fast is not None else self.network.to(memory_format=torch.channels_last)
+            self._forward = self.network.fast_inference()
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
@@ -187,9 +185,9 @@ class Stylizer:
 
     def _run(self, images: torch.Tensor, shared_statistics: bool = False) -> torch.Tensor:
         """The network on N,3,h,w (moved to the run device and dtype) -> float32 on the run device.
-        ``shared_statistics``: run the (uncompiled) InferenceNet, which can record and reuse statistics."""
+        ``shared_statistics``: run the uncompiled network, whose instance norms record or reuse statistics."""
         batch = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return (self.fast if shared_statistics else self._forward)(batch).float()
+        return (self.network if shared_statistics else self._forward)(batch).float()
 
     def _run_tiled(self, images: torch.Tensor) -> torch.Tensor:
         """Overlapping tiles blended with raised-cosine ramps: N,3,H,W -> N,3,H,W on the input's device.
@@ -216,23 +214,23 @@ class Stylizer:
             crop = images[..., top:top + tile, left:left + tile]
             weight = weight_of(top, left)
             if statistics is not None:
-                with self.fast.reusing(statistics):
+                with self.network.reusing(statistics):
                     out = self._run(crop, shared_statistics=True)
             else:
                 out = self._run(crop)
             total[..., top:top + weight.shape[-2], left:left + weight.shape[-1]] += out.to(images.device) * weight
         return total / weight_sum
 
-    def _whole_image_statistics(self, images: torch.Tensor) -> inference_net.InstanceNormStatistics | None:
+    def _whole_image_statistics(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Instance-norm statistics of the whole image, downscaled so its longer side is ``statistics_size``."""
-        if self.fast is None or not self.shared_statistics:
-            return None  # batch norm uses running statistics; transposed upsampling keeps per-tile ones
+        if not self.network.instance_norms() or not self.shared_statistics:
+            return None  # batch norm uses running statistics
         side = self.statistics_size or max(self.tile or 0, DEFAULT_STATISTICS_SIZE)
         scale = min(1.0, side / max(images.shape[-2:]))
         size = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
         small = F.interpolate(images.to(self.device), size=size, mode="bilinear", antialias=True,
                               align_corners=False).clamp(0, 1)
-        with self.fast.recording() as statistics:
+        with self.network.recording() as statistics:
             self._run(small, shared_statistics=True)
         return statistics
 

@@ -1,6 +1,11 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from fststyle.export import load_style_model
+from fststyle.images import load_image
 from fststyle.transformer import TransformerConfig, TransformerNet
 
 
@@ -44,3 +49,43 @@ def test_invalid_options_are_rejected():
         TransformerConfig(norm="layer")
     with pytest.raises(ValueError, match="upsample"):
         TransformerConfig(upsample="bilinear")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_style_model_loads_with_its_keys_and_gives_the_previous_output():
+    # reference: checkpoints/starry_night.safetensors run by TransformerNet as of commit e159888 (before the
+    # network, its fast inference form and its export copy became one), on the preview photo at 64x48
+    network, _ = load_style_model(REPO / "checkpoints" / "starry_night.safetensors")
+    photo = load_image(REPO / "data" / "preview" / "000000000030.jpg", size=(48, 64))
+    reference = torch.from_numpy(np.load(REPO / "tests" / "data" / "starry_night_photo30_48x64.npy"))
+    with torch.inference_mode():
+        torch.testing.assert_close(network(photo), reference, atol=1e-4, rtol=0)
+        fast = network.fast_inference()(photo.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(fast, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_recorded_statistics_replace_each_inputs_own(upsample):
+    torch.manual_seed(0)
+    net = TransformerNet(width=0.25, residual_blocks=1, upsample=upsample).eval()
+    whole, part = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 24, 24)
+    with torch.inference_mode():
+        with net.recording() as statistics:
+            recorded = net(whole)
+        assert len(statistics) == len(net.instance_norms()) == 7  # 3 encoder, 2 residual, 2 upsampling
+        torch.testing.assert_close(recorded, net(whole), atol=1e-5, rtol=0)  # recording does not change the output
+        with net.reusing(statistics):
+            assert net(whole).equal(recorded)  # the same statistics give the same output
+            reused = net(part)
+        own = net(part)
+    assert (reused - own).abs().max() > 1e-3  # the part ran with the whole image's statistics, not its own
+
+
+def test_fast_inference_form_is_not_used_by_training_gradients():
+    net = TransformerNet(width=0.25, residual_blocks=1).fast_inference()
+    net.train()
+    out = net(torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+    out.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
