@@ -23,8 +23,17 @@ from tqdm.auto import tqdm
 from fststyle.color import match_luminance, preserve_colors
 from fststyle.errors import InputNotFoundError, UserError
 from fststyle.files import atomic_write_json, check_writable, mark_output_folder, refuse_overwriting_inputs
-from fststyle.losses import GramStyleLoss, MRFStyleLoss, PerceptualLoss, SpatialGramStyleLoss, blend_weights
+from fststyle.images import longer_side_size
+from fststyle.losses import (
+    LOSS_TERMS,
+    GramStyleLoss,
+    MRFStyleLoss,
+    PerceptualLoss,
+    SpatialGramStyleLoss,
+    blend_weights,
+)
 from fststyle.losses.mrf import PatchSizeError
+from fststyle.memory import PeakMemory
 from fststyle.vgg import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,7 @@ class OptimizeSettings:
 @dataclass
 class OptimizationResult:
     """image 1,3,H,W in [0,1]; history: loss terms per step (plus ``level`` and ``step``); wall time; peak memory
-    (CUDA allocator peak; None on CPU, where ``bench/optimize.py`` measures process RSS instead)."""
+    (``memory.PeakMemory``: CUDA allocator peak, or peak resident set on a Linux CPU; None elsewhere)."""
 
     image: torch.Tensor
     history: list[dict[str, float]]
@@ -125,12 +134,6 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-
-
-def longer_side_size(height: int, width: int, longer: int) -> tuple[int, int]:
-    """(H, W) scaled so that the longer side is ``longer`` px."""
-    scale = longer / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def pyramid_sizes(height: int, width: int, settings: OptimizeSettings) -> list[tuple[int, int]]:
@@ -243,7 +246,7 @@ class _Recorder:
             self.step += 1
             self.bar.update(1)
         self.history.append({"level": level, "step": self.step, **terms})
-        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in ("content", "style", "tv", "total")}, refresh=False)
+        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in LOSS_TERMS}, refresh=False)
         if self.writer is not None:
             for name, value in terms.items():
                 self.writer.add_scalar(f"optimize/{name}", value, self.step)
@@ -347,9 +350,20 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
         loss = _spatial_loss(loss)
 
     device = loss.vgg.mean.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        image, history, final_terms, evaluations = _optimize(content, styles, loss, settings, style_blend, options,
+                                                             progress, callback, device)
+        seconds = time.perf_counter() - started
+    return OptimizationResult(image=image.cpu(), history=history, seconds=seconds, peak_memory_bytes=memory.bytes,
+                              final_terms=final_terms, evaluations=evaluations)
+
+
+def _optimize(content: torch.Tensor, styles: list[torch.Tensor], loss: PerceptualLoss, settings: OptimizeSettings,
+              style_blend: Sequence[float] | None, options: dict[str, Any], progress: bool,
+              callback: Callback | None, device: torch.device) -> tuple[torch.Tensor, list[dict[str, float]],
+                                                                         dict[str, float], int]:
+    """The pyramid loop of ``optimize_image``: (result 1,3,H,W in [0,1], history, final terms, evaluations)."""
     generator = torch.Generator().manual_seed(settings.seed)
     levels = levels_with_full_patches(loss, pyramid_sizes(content.shape[-2], content.shape[-1], settings),
                                       settings.steps_per_level(), styles, settings)
@@ -380,10 +394,7 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     result = image.clamp(0, 1)
     if settings.preserve_color:
         result = preserve_colors(result, full_content)
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return OptimizationResult(image=result.cpu(), history=recorder.history, seconds=seconds,
-                              peak_memory_bytes=peak, final_terms=final_terms, evaluations=recorder.evaluations)
+    return result, recorder.history, final_terms, recorder.evaluations
 
 
 def _paths(value: Any, what: str) -> list[Path]:

@@ -13,6 +13,8 @@ from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
 from fststyle.vgg import VGGFeatures
 
 Features = dict[str, torch.Tensor]
+#: the summed terms every ``PerceptualLoss`` returns (besides one ``content.<layer>`` / ``style.<layer>`` per layer)
+LOSS_TERMS = ("content", "style", "tv", "total")
 
 
 def blend_weights(count: int, blend: Sequence[float] | None) -> list[float]:
