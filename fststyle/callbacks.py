@@ -56,14 +56,11 @@ class GatysGapCallback(pl.Callback):
                                        style_scale=max(styles[0].shape[-2:]) / self.image_size)
         start = time.perf_counter()
         references = []
-        try:
-            for content in self._contents:
-                result = optimize.optimize_image(content, styles, pl_module.loss, settings, style_blend=blend,
-                                                 progress=self.progress)
-                with torch.no_grad():
-                    references.append(pl_module.loss(result.image.to(pl_module.device), content))
-        finally:  # optimize_image sets the loss's targets; put the training ones back exactly
-            pl_module.loss.set_style(styles, blend)
+        for content in self._contents:  # optimize_image leaves the module's loss and its targets as they are
+            result = optimize.optimize_image(content, styles, pl_module.loss, settings, style_blend=blend,
+                                             progress=self.progress)
+            with torch.no_grad():
+                references.append(pl_module.loss(result.image.to(pl_module.device), content))
         self._reference = _mean_terms(references)
         log.info("GatysGapCallback: reference for %d preview photos in %.1f s", len(self._contents),
                  time.perf_counter() - start)
