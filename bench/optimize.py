@@ -3,9 +3,9 @@
     PYTHONPATH=. python bench/optimize.py                      # 256 and 512 px, CPU (and CUDA when present)
     PYTHONPATH=. python bench/optimize.py --sizes 128 --iterations 2
 
-Each setting runs in a fresh subprocess, so its peak memory is its own: on CPU the peak resident set size
-(``ru_maxrss``) minus the RSS once the VGG weights and images are loaded (style targets, the
-warm-up iteration and the timed ones all count), on CUDA ``torch.cuda.max_memory_allocated``.
+Each setting runs in a fresh subprocess. Its peak memory is the timed run's ``peak_memory_bytes``, which
+``optimize_image`` measures with ``fststyle.memory.PeakMemory`` (style targets and every iteration count): on CPU
+the peak resident set above the resident set at its start, on CUDA the allocator peak.
 Everything is plain eager fp32 (the engine has no other mode); the ratios printed are MRF / Gatys per iteration at
 the same size and optimiser. It prints figures and never asserts timings.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,11 +23,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONTENT = REPO / "data" / "preview" / "000000000030.jpg"
 STYLE = REPO / "data" / "styles" / "starry_night.jpg"
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(engine: str, optimizer: str, size: int, iterations: int, device: str) -> dict:
@@ -42,7 +36,6 @@ def measure(engine: str, optimizer: str, size: int, iterations: int, device: str
     engine_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "engine" / f"{engine}.yaml"))
     loss = build_loss(engine_cfg).to(device)
     content, style = load_image(CONTENT, size), load_image(STYLE, size)
-    rss_before = _rss_bytes()
     settings = OptimizeSettings(steps=1, optimizer=optimizer, image_size=size)
     optimize_image(content, [style], loss, settings, progress=False)  # warm-up: allocator, oneDNN/cuDNN plans
     if device == "cuda":
@@ -53,13 +46,11 @@ def measure(engine: str, optimizer: str, size: int, iterations: int, device: str
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {
         "engine": engine, "optimizer": optimizer, "size": size, "device": device, "iterations": iterations,
         "evaluations": result.evaluations, "seconds_per_iteration": seconds / iterations,
         "seconds_per_evaluation": seconds / result.evaluations,
-        "peak_bytes": result.peak_memory_bytes if device == "cuda" else peak_rss - rss_before,
-        "peak_rss_bytes": peak_rss,
+        "peak_bytes": result.peak_memory_bytes,
     }
 
 
@@ -109,8 +100,8 @@ def main() -> None:
                       f"| {mrf['seconds_per_iteration']:.2f} ({mrf['evaluations']}) | "
                       f"{gatys['seconds_per_evaluation']:.2f} | {mrf['seconds_per_evaluation']:.2f} | {ratio:.2f}x | "
                       f"{gatys['peak_bytes'] / 2**20:.0f} | {mrf['peak_bytes'] / 2**20:.0f} |")
-    print("\npeak = CPU: max RSS minus RSS with the VGG weights and images loaded; "
-          "CUDA: max_memory_allocated. An evaluation is one loss forward + backward; an L-BFGS iteration "
+    print("\npeak = the timed optimize_image's peak_memory_bytes (fststyle.memory.PeakMemory; CPU: peak RSS "
+          "above its start; CUDA: allocator peak). An evaluation is one loss forward + backward; an L-BFGS iteration "
           "includes its line-search evaluations, Adam's run adds one forward to score the last step.")
 
 

@@ -14,11 +14,10 @@ import torch
 
 from fststyle import optimize
 from fststyle.images import list_images, load_image
+from fststyle.losses import LOSS_TERMS
 
 log = logging.getLogger(__name__)
 
-#: the loss terms whose fast/reference ratio is logged (every term's difference is logged)
-RATIO_TERMS = ("content", "style", "tv", "total")
 
 
 class GatysGapCallback(pl.Callback):
@@ -28,8 +27,8 @@ class GatysGapCallback(pl.Callback):
     module's own ``loss`` (same network, layers, weights, style targets): the best image that loss can
     reach from that photo under ``settings``. Then, every ``every_n_steps`` steps, the network stylises the
     same photos and the callback logs, averaged over the photos, for every loss term:
-    ``gatys_gap/<term>`` = fast minus reference, and for the main terms ``gatys_ratio/<term>`` = fast /
-    reference (1 = as good as the optimisation). ``gatys_reference/<term>`` is logged once at the start.
+    ``gatys_gap/<term>`` = fast minus reference, and for the summed terms (``losses.LOSS_TERMS``)
+    ``gatys_ratio/<term>`` = fast / reference (1 = as good as the optimisation). ``gatys_reference/<term>`` is logged once at the start.
     """
 
     def __init__(self, photos: str | Path | Sequence[str | Path] = "data/preview", every_n_steps: int = 500,
@@ -57,14 +56,11 @@ class GatysGapCallback(pl.Callback):
                                        style_scale=max(styles[0].shape[-2:]) / self.image_size)
         start = time.perf_counter()
         references = []
-        try:
-            for content in self._contents:
-                result = optimize.optimize_image(content, styles, pl_module.loss, settings, style_blend=blend,
-                                                 progress=self.progress)
-                with torch.no_grad():
-                    references.append(pl_module.loss(result.image.to(pl_module.device), content))
-        finally:  # optimize_image sets the loss's targets; put the training ones back exactly
-            pl_module.loss.set_style(styles, blend)
+        for content in self._contents:  # optimize_image leaves the module's loss and its targets as they are
+            result = optimize.optimize_image(content, styles, pl_module.loss, settings, style_blend=blend,
+                                             progress=self.progress)
+            with torch.no_grad():
+                references.append(pl_module.loss(result.image.to(pl_module.device), content))
         self._reference = _mean_terms(references)
         log.info("GatysGapCallback: reference for %d preview photos in %.1f s", len(self._contents),
                  time.perf_counter() - start)
@@ -89,7 +85,7 @@ class GatysGapCallback(pl.Callback):
             pl_module.train(was_training)
         metrics = {f"gatys_gap/{term}": value - self._reference[term] for term, value in fast.items()}
         metrics.update({f"gatys_ratio/{term}": fast[term] / self._reference[term]
-                        for term in RATIO_TERMS if self._reference.get(term)})
+                        for term in LOSS_TERMS if self._reference.get(term)})
         return metrics
 
 

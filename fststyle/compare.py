@@ -8,9 +8,7 @@ The slow engines optimise their own loss (their engine config) and are scored li
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -46,14 +44,14 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
-from fststyle.losses import PerceptualLoss
+from fststyle.losses import LOSS_TERMS, PerceptualLoss
+from fststyle.memory import PeakMemory
 from fststyle.stylize import Stylizer, resolve_device
 from fststyle.vgg import WEIGHT_SOURCES, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("fast", "gatys", "mrf")
-LOSS_TERMS = ("content", "style", "tv", "total")
 #: the overview grid and the two reports in the output folder
 REPORT_FILES = ("overview.png", "report.json", "report.md")
 #: Johnson et al. 2016 train at 256x256 and compare objective values with Gatys et al. at that size (Fig. 5).
@@ -128,49 +126,6 @@ def scoring_loss(model: Path, metadata: Mapping[str, Any], device: torch.device,
     except (TypeError, ValueError, WeightsUnavailableError) as error:
         raise ComparisonError(f"{model}: its training loss cannot be rebuilt ({error})") from error
     return loss
-
-
-class PeakMemory:
-    """Peak memory of the code inside ``with``: CUDA allocator peak above the start, or on CPU (Linux)
-    the peak resident set (VmHWM, reset through /proc/self/clear_refs) above the resident set at the start."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.bytes = device, None
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            self._start = _reset_cpu_peak()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
-        elif self._start is not None:
-            self.bytes = max(0, _proc_status_bytes("VmHWM") - self._start)
-
-
-def _proc_status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _reset_cpu_peak() -> int | None:
-    """Give freed heap back to the OS (glibc malloc_trim), reset the peak RSS; the RSS now, or None off Linux."""
-    try:
-        if platform.libc_ver()[0] == "glibc":
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status_bytes("VmRSS")
-    except (OSError, KeyError):
-        return None
 
 
 def _timed(device: torch.device, function, *args, **kwargs) -> tuple[Any, float, int | None]:

@@ -251,6 +251,12 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
+def longer_side_size(height: int, width: int, longer: int) -> tuple[int, int]:
+    """(H, W) scaled so that the longer side is ``longer`` px, aspect kept (each side at least 1 px)."""
+    scale = longer / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def _resized(img: Image.Image, size: int | tuple[int, int] | None) -> Image.Image:
     """Resize so the longer side is `size` (int), to exactly (H, W) (tuple), or not at all (None)."""
     if size is None:
@@ -258,8 +264,8 @@ def _resized(img: Image.Image, size: int | tuple[int, int] | None) -> Image.Imag
     if isinstance(size, int):
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
-        scale = size / max(img.width, img.height)
-        target = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        height, width = longer_side_size(img.height, img.width, size)
+        target = (width, height)
     else:
         height, width = size
         if height <= 0 or width <= 0:

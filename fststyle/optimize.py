@@ -23,8 +23,17 @@ from tqdm.auto import tqdm
 from fststyle.color import match_luminance, preserve_colors
 from fststyle.errors import InputNotFoundError, UserError
 from fststyle.files import atomic_write_json, check_writable, mark_output_folder, refuse_overwriting_inputs
-from fststyle.losses import GramStyleLoss, MRFStyleLoss, PerceptualLoss, SpatialGramStyleLoss, blend_weights
+from fststyle.images import longer_side_size
+from fststyle.losses import (
+    LOSS_TERMS,
+    GramStyleLoss,
+    MRFStyleLoss,
+    PerceptualLoss,
+    SpatialGramStyleLoss,
+    blend_weights,
+)
 from fststyle.losses.mrf import PatchSizeError
+from fststyle.memory import PeakMemory
 from fststyle.vgg import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,7 @@ class OptimizeSettings:
 @dataclass
 class OptimizationResult:
     """image 1,3,H,W in [0,1]; history: loss terms per step (plus ``level`` and ``step``); wall time; peak memory
-    (CUDA allocator peak; None on CPU, where ``bench/optimize.py`` measures process RSS instead)."""
+    (``memory.PeakMemory``: CUDA allocator peak, or peak resident set on a Linux CPU; None elsewhere)."""
 
     image: torch.Tensor
     history: list[dict[str, float]]
@@ -120,59 +129,87 @@ def build_loss(engine_cfg: Mapping[str, Any]) -> PerceptualLoss:
         raise UserError(f"engine.loss: {error}") from error
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """N,C,H,W -> N,C,h,w, antialiased bicubic (bilinear for masks is not needed: masks are area-resized)."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+@dataclass(frozen=True)
+class PyramidLevel:
+    """One level of an ``ImagePyramid``: its index in the full pyramid (0 = coarsest), image size (H, W), steps."""
+
+    index: int
+    size: tuple[int, int]
+    steps: int
 
 
-def longer_side_size(height: int, width: int, longer: int) -> tuple[int, int]:
-    """(H, W) scaled so that the longer side is ``longer`` px."""
-    scale = longer / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+class ImagePyramid:
+    """Every resize of the optimisation (CNNMRF's coarse-to-fine pyramid): the levels, coarse to fine, for a
+    content image of (``height``, ``width``), and content, style and running images resized onto each level.
 
+    The finest level has longer side ``settings.image_size``, each coarser one ``pyramid_ratio`` times its
+    neighbour's; style images get longer side ``style_scale`` times the level's (at least 16 px). With an MRF
+    ``loss``, coarse levels at which an MRF layer of the output or of a style image (of sizes ``style_sizes``)
+    holds no full patch are skipped with a warning in the log; PatchSizeError when the finest one is.
+    Content masks are not resized here: the spatial loss fits them to each feature map."""
 
-def pyramid_sizes(height: int, width: int, settings: OptimizeSettings) -> list[tuple[int, int]]:
-    """Image sizes from coarse to fine; the finest has longer side ``image_size``."""
-    levels = settings.pyramid_levels
-    longer = [round(settings.image_size * settings.pyramid_ratio ** (levels - 1 - i)) for i in range(levels)]
-    return [longer_side_size(height, width, side) for side in longer]
+    def __init__(self, height: int, width: int, settings: OptimizeSettings, loss: PerceptualLoss | None = None,
+                 style_sizes: Sequence[tuple[int, int]] = ()) -> None:
+        self.style_scale = settings.style_scale
+        count = settings.pyramid_levels
+        longer = [round(settings.image_size * settings.pyramid_ratio ** (count - 1 - i)) for i in range(count)]
+        levels = [PyramidLevel(index, longer_side_size(height, width, side), steps)
+                  for index, (side, steps) in enumerate(zip(longer, settings.steps_per_level(), strict=True))]
+        if loss is not None and isinstance(loss.style, MRFStyleLoss):
+            levels = self._with_full_patches(levels, loss, style_sizes, settings.image_size)
+        self.levels = levels
 
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of the levels, coarse to fine."""
+        return [level.size for level in self.levels]
 
-def style_size(style: torch.Tensor, level_size: tuple[int, int], settings: OptimizeSettings) -> tuple[int, int]:
-    """(H, W) of style image 1,3,h,w at a pyramid level of ``level_size``: longer side ``style_scale`` times the
-    level's (at least 16 px), aspect kept."""
-    return longer_side_size(*style.shape[-2:], max(16, round(settings.style_scale * max(level_size))))
+    @property
+    def finest(self) -> PyramidLevel:
+        return self.levels[-1]
 
+    @staticmethod
+    def style_side(level_side: int, style_scale: float) -> int:
+        """Longer side of the style images at a level of longer side ``level_side``."""
+        return max(16, round(style_scale * level_side))
 
-def levels_with_full_patches(loss: PerceptualLoss, sizes: Sequence[tuple[int, int]], steps: Sequence[int],
-                             styles: Sequence[torch.Tensor],
-                             settings: OptimizeSettings) -> list[tuple[int, tuple[int, int], int]]:
-    """(level index, size, steps) of the pyramid levels, coarse to fine, at which every MRF layer of the output and
-    of the style images holds a full patch. Coarser levels that do not are skipped with a warning in the log; when
-    the finest level does not, the image is too small for the loss and PatchSizeError says so. Other losses keep
-    every level."""
-    levels = list(zip(range(len(sizes)), sizes, steps, strict=True))
-    if not isinstance(loss.style, MRFStyleLoss):
-        return levels
+    def style_size(self, style_size: tuple[int, int], level: PyramidLevel) -> tuple[int, int]:
+        """(H, W) at ``level`` of a style image of (H, W) ``style_size``, aspect kept."""
+        return longer_side_size(*style_size, self.style_side(max(level.size), self.style_scale))
 
-    def problem(size: tuple[int, int]) -> str | None:
-        return loss.style.size_problem(loss.vgg, size, [style_size(s, size, settings) for s in styles])
+    @staticmethod
+    def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """N,C,H,W -> N,C,h,w, antialiased bicubic, clamped to [0,1]."""
+        if tuple(images.shape[-2:]) == tuple(size):
+            return images
+        return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
-    finest = problem(sizes[-1])
-    if finest:
-        raise PatchSizeError(f"image_size={settings.image_size} is too small for the MRF loss: {finest}; use a "
-                             "larger image_size (or style_scale)")
-    kept = []
-    for level, size, count in levels:
-        skipped = problem(size)
-        if skipped:
-            log.warning("MRF pyramid level %d of %d (%dx%d px) skipped with its %d steps: %s", level + 1, len(sizes),
-                        size[1], size[0], count, skipped)
-        else:
-            kept.append((level, size, count))
-    return kept
+    def image(self, image: torch.Tensor, level: PyramidLevel) -> torch.Tensor:
+        """A content-shaped image N,3,H,W (content, running image, colour source) at ``level``."""
+        return self.resize(image, level.size)
+
+    def styles(self, styles: Sequence[torch.Tensor], level: PyramidLevel) -> list[torch.Tensor]:
+        """Style images 1,3,h,w at ``level``: longer side ``style_scale`` times the level's."""
+        return [self.resize(style, self.style_size(tuple(style.shape[-2:]), level)) for style in styles]
+
+    def _with_full_patches(self, levels: list[PyramidLevel], loss: PerceptualLoss,
+                           style_sizes: Sequence[tuple[int, int]], image_size: int) -> list[PyramidLevel]:
+        def problem(level: PyramidLevel) -> str | None:
+            return loss.style.size_problem(loss.vgg, level.size, [self.style_size(s, level) for s in style_sizes])
+
+        finest = problem(levels[-1])
+        if finest:
+            raise PatchSizeError(f"image_size={image_size} is too small for the MRF loss: {finest}; use a "
+                                 "larger image_size (or style_scale)")
+        kept = []
+        for level in levels:
+            skipped = problem(level)
+            if skipped:
+                log.warning("MRF pyramid level %d of %d (%dx%d px) skipped with its %d steps: %s", level.index + 1,
+                            len(levels), level.size[1], level.size[0], level.steps, skipped)
+            else:
+                kept.append(level)
+        return kept
 
 
 def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -182,27 +219,27 @@ def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
     return mask.float().mean(dim=1, keepdim=True)
 
 
-def _spatial_loss(loss: PerceptualLoss) -> PerceptualLoss:
-    """The same loss with a per-region Gram style term (shares the VGG)."""
-    if isinstance(loss.style, SpatialGramStyleLoss):
-        return loss
+def _working_loss(loss: PerceptualLoss, masked: bool) -> PerceptualLoss:
+    """The loss ``optimize_image`` sets its targets on: a target-free copy of the caller's on the same VGG (the
+    caller's keeps its targets), with a per-region Gram style term when ``masked``."""
+    if not masked or isinstance(loss.style, SpatialGramStyleLoss):
+        return loss.untargeted_copy()
     if not isinstance(loss.style, GramStyleLoss):
         raise ValueError(f"content_masks need the Gram style loss (engine=gatys); this loss uses "
                          f"{type(loss.style).__name__}")
-    return PerceptualLoss(loss.vgg, loss.content_layers, SpatialGramStyleLoss(loss.style.layer_weights),
-                          content_weight=loss.content_weight, style_weight=loss.style_weight,
-                          tv_weight=loss.tv_weight)
+    return loss.untargeted_copy(SpatialGramStyleLoss(loss.style.layer_weights))
 
 
 def _initial_image(settings: OptimizeSettings, content: torch.Tensor, styles: Sequence[torch.Tensor],
                    generator: torch.Generator) -> torch.Tensor:
+    """The start 1,3,H,W of the coarsest level, of ``content``'s size."""
     size = tuple(content.shape[-2:])
     if settings.init == "content":
         return content.clone()
     if settings.init == "noise":  # white noise, as Gatys et al. 2016 start from
         return torch.rand(content.shape, generator=generator).to(content.device)
     if settings.init == "style":
-        return resize(styles[0], size)
+        return ImagePyramid.resize(styles[0], size)
     path = Path(settings.init)
     if not path.is_file():
         raise FileNotFoundError(f"init={settings.init!r} is neither one of {INITS} nor an existing image file")
@@ -234,7 +271,7 @@ class _Recorder:
     def viewable(self, image: torch.Tensor) -> torch.Tensor:
         image = image.detach().clamp(0, 1)
         if self.colour_source is not None:
-            image = preserve_colors(image, resize(self.colour_source, tuple(image.shape[-2:])))
+            image = preserve_colors(image, ImagePyramid.resize(self.colour_source, tuple(image.shape[-2:])))
         return image
 
     def record(self, level: int, image: torch.Tensor, terms: dict[str, float], advance: bool) -> None:
@@ -243,7 +280,7 @@ class _Recorder:
             self.step += 1
             self.bar.update(1)
         self.history.append({"level": level, "step": self.step, **terms})
-        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in ("content", "style", "tv", "total")}, refresh=False)
+        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in LOSS_TERMS}, refresh=False)
         if self.writer is not None:
             for name, value in terms.items():
                 self.writer.add_scalar(f"optimize/{name}", value, self.step)
@@ -344,34 +381,45 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
             if len(style_masks) != len(styles):
                 raise ValueError(f"got {len(styles)} styles but {len(style_masks)} style masks; give one per style")
             options["style_masks"] = [_as_mask(m, f"style_masks[{i}]") for i, m in enumerate(style_masks)]
-        loss = _spatial_loss(loss)
 
+    loss = _working_loss(loss, masked=content_masks is not None)
     device = loss.vgg.mean.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        image, history, final_terms, evaluations = _optimize(content, styles, loss, settings, style_blend, options,
+                                                             progress, callback, device)
+        seconds = time.perf_counter() - started
+    return OptimizationResult(image=image.cpu(), history=history, seconds=seconds, peak_memory_bytes=memory.bytes,
+                              final_terms=final_terms, evaluations=evaluations)
+
+
+def _optimize(content: torch.Tensor, styles: list[torch.Tensor], loss: PerceptualLoss, settings: OptimizeSettings,
+              style_blend: Sequence[float] | None, options: dict[str, Any], progress: bool,
+              callback: Callback | None, device: torch.device) -> tuple[torch.Tensor, list[dict[str, float]],
+                                                                         dict[str, float], int]:
+    """The pyramid loop of ``optimize_image``: (result 1,3,H,W in [0,1], history, final terms, evaluations)."""
     generator = torch.Generator().manual_seed(settings.seed)
-    levels = levels_with_full_patches(loss, pyramid_sizes(content.shape[-2], content.shape[-1], settings),
-                                      settings.steps_per_level(), styles, settings)
-    full_content = resize(content.float().to(device), levels[-1][1])
+    pyramid = ImagePyramid(content.shape[-2], content.shape[-1], settings, loss,
+                           [tuple(style.shape[-2:]) for style in styles])
+    full_content = pyramid.image(content.float().to(device), pyramid.finest)
     target_content, target_styles = full_content, [s.float().to(device) for s in styles]
     if settings.preserve_color:  # luminance-only transfer (Gatys et al. 2017 §5.1)
         target_styles = [match_luminance(s, full_content) for s in target_styles]
         target_content = match_luminance(full_content, full_content)
-    recorder = _Recorder(settings, sum(count for _, _, count in levels), progress, callback,
+    recorder = _Recorder(settings, sum(level.steps for level in pyramid.levels), progress, callback,
                          full_content if settings.preserve_color else None)
     image = None
     try:
-        for level, size, level_steps in levels:
-            level_content = resize(target_content, size)
-            level_styles = [resize(s, style_size(s, size, settings)) for s in target_styles]
+        for level in pyramid.levels:
+            level_content = pyramid.image(target_content, level)
+            level_styles = pyramid.styles(target_styles, level)
             loss.set_content(level_content)
             loss.set_style(level_styles, style_blend, **options)
             start = (_initial_image(settings, level_content, level_styles, generator) if image is None
-                     else resize(image, size))
+                     else pyramid.image(image, level))
             x = start.detach().to(device).contiguous().requires_grad_(True)
             run_level = _run_lbfgs if settings.optimizer == "lbfgs" else _run_adam
-            run_level(x, loss, level_steps, settings, level, recorder)
+            run_level(x, loss, level.steps, settings, level.index, recorder)
             image = x.detach()
         with torch.no_grad():
             final_terms = _scalars(loss(image))
@@ -380,10 +428,7 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     result = image.clamp(0, 1)
     if settings.preserve_color:
         result = preserve_colors(result, full_content)
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return OptimizationResult(image=result.cpu(), history=recorder.history, seconds=seconds,
-                              peak_memory_bytes=peak, final_terms=final_terms, evaluations=recorder.evaluations)
+    return result, recorder.history, final_terms, recorder.evaluations
 
 
 def _paths(value: Any, what: str) -> list[Path]:
@@ -456,7 +501,7 @@ def run(cfg: Any) -> int:
     device = resolve_device(str(cfg.device))
     loss = build_loss(engine).to(device)
     content = load_image(content_path, settings.image_size)
-    style_side = max(16, round(settings.style_scale * settings.image_size))
+    style_side = ImagePyramid.style_side(settings.image_size, settings.style_scale)
     styles = [load_image(path, style_side) for path in style_paths]
     masks = [load_image(path) for path in mask_paths] if mask_paths else None
     style_masks = [load_image(path) for path in style_mask_paths] if style_mask_paths else None
@@ -488,4 +533,4 @@ def run(cfg: Any) -> int:
     return 0
 
 
-__all__ = ["OptimizationResult", "OptimizeSettings", "build_loss", "optimize_image", "run", "settings_from_config"]
+__all__ = ["ImagePyramid", "OptimizationResult", "PyramidLevel", "OptimizeSettings", "build_loss", "optimize_image", "run", "settings_from_config"]

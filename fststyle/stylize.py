@@ -35,6 +35,7 @@ from fststyle.images import (
     check_jpeg_quality,
     labelled_grid,
     list_images,
+    longer_side_size,
     open_image,
     pil_to_tensor,
     read_photo,
@@ -226,8 +227,8 @@ class Stylizer:
         if not self.network.instance_norms() or not self.shared_statistics:
             return None  # batch norm uses running statistics
         side = self.statistics_size or max(self.tile or 0, DEFAULT_STATISTICS_SIZE)
-        scale = min(1.0, side / max(images.shape[-2:]))
-        size = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
+        height, width = images.shape[-2:]
+        size = longer_side_size(height, width, min(side, max(height, width)))  # never upscaled
         small = F.interpolate(images.to(self.device), size=size, mode="bilinear", antialias=True,
                               align_corners=False).clamp(0, 1)
         with self.network.recording() as statistics:

@@ -34,6 +34,7 @@ def tiny_module() -> StyleTransferModule:
 def test_gap_is_logged_to_tensorboard_during_fit_and_training_targets_are_untouched(tmp_path):
     module = tiny_module()
     targets = {name: value.clone() for name, value in module.loss.style.named_buffers()}
+    target_tensors = dict(module.loss.style.named_buffers())
     data = StyleDataModule(REPO / "data/coco_sample", image_size=SIZE, batch_size=2, num_workers=0,
                            pin_memory=False, persistent_workers=False, max_images=8)
     callback = GatysGapCallback(photos=PREVIEWS, every_n_steps=2, image_size=SIZE, settings={"steps": 3},
@@ -61,6 +62,7 @@ def test_gap_is_logged_to_tensorboard_during_fit_and_training_targets_are_untouc
     assert callback.gap(module)["gatys_gap/total"] == pytest.approx(gaps[-1].value, rel=1e-4)
     for name, value in module.loss.style.named_buffers():
         assert torch.equal(value, targets[name]), name
+        assert value is target_tensors[name], f"{name} was replaced, not kept"
 
 
 def test_train_config_adds_the_callback_with_plus_callbacks(compose):

@@ -128,6 +128,12 @@ def test_load_image_sizes(tiny_jpegs):
     assert loaded.dtype == torch.float32 and 0 <= loaded.min() and loaded.max() <= 1
 
 
+def test_longer_side_size_keeps_the_aspect_and_at_least_one_pixel():
+    assert images.longer_side_size(48, 64, 32) == (24, 32)
+    assert images.longer_side_size(64, 48, 128) == (128, 96)  # upscales too
+    assert images.longer_side_size(1000, 3, 10) == (10, 1)
+
+
 def test_png_round_trip_is_exact(tmp_path):
     original = torch.randint(0, 256, (3, 17, 23)).float() / 255
     path = images.save_image(original.unsqueeze(0), tmp_path / "deep" / "dir" / "out.png")

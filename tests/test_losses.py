@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from fststyle.losses import GramStyleLoss, PerceptualLoss, blend_weights, gram_matrix, total_variation
+from fststyle.losses import (
+    LOSS_TERMS,
+    GramStyleLoss,
+    PerceptualLoss,
+    blend_weights,
+    gram_matrix,
+    total_variation,
+)
 from fststyle.vgg import VGGFeatures
 
 STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0}
@@ -53,6 +60,7 @@ def test_zero_for_identical_inputs_and_named_terms():
     terms = loss(image, content=image)
     assert set(terms) == {"content.relu2_2", "style.relu1_2", "style.relu2_2", "style.relu3_3",
                           "content", "style", "tv", "total"}
+    assert set(LOSS_TERMS) == {"content", "style", "tv", "total"}
     assert all(float(v) < 1e-10 for v in terms.values())
 
 

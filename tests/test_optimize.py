@@ -1,5 +1,6 @@
 """The optimisation engine on real photos and the real (Caffe) VGG-19: small images, few steps."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from fststyle.files import OUTPUT_MARKER
 from fststyle.images import load_image
 from fststyle.losses import GramStyleLoss, PerceptualLoss
 from fststyle.optimize import (
+    ImagePyramid,
     OptimizeSettings,
     build_loss,
     optimize_image,
-    pyramid_sizes,
     run,
     settings_from_config,
 )
@@ -55,11 +56,15 @@ def scream(bundled_data) -> torch.Tensor:
 def test_gatys_run_stylises_and_keeps_the_content(gatys, photo, starry):
     settings = OptimizeSettings(steps=20, image_size=64)
     result = optimize_image(photo, [starry], gatys, settings, progress=False)
-    assert result.image.shape[-2:] == pyramid_sizes(*photo.shape[-2:], settings)[-1]
+    pyramid = ImagePyramid(*photo.shape[-2:], settings)
+    assert result.image.shape[-2:] == pyramid.sizes[-1]
     assert 0 <= result.image.min() and result.image.max() <= 1
     start, end = result.history[0], result.final_terms
     assert [h["step"] for h in result.history] == list(range(21))
     assert end["style"] < start["style"] / 10, "the style loss must fall by a large factor"
+    # optimize_image left the caller's loss without targets: give it the ones the run had at its finest level
+    gatys.set_content(pyramid.image(photo, pyramid.finest))
+    gatys.set_style(pyramid.styles([starry], pyramid.finest))
     # scored against the cached content: an image with the painting's content, and one with none
     painting = float(gatys(torch.nn.functional.interpolate(starry, size=result.image.shape[-2:]))["content"])
     noise = float(gatys(torch.rand_like(result.image))["content"])
@@ -105,7 +110,7 @@ def test_pyramid_adam_and_intermediate_images(gatys, photo, starry, tmp_path):
                                 save_dir=str(tmp_path / "steps"), tensorboard=str(tmp_path / "tb"))
     result = optimize_image(photo, [starry], gatys, settings, progress=False,
                             callback=lambda step, image, terms: seen.append((step, tuple(image.shape[-2:]))))
-    sizes = pyramid_sizes(*photo.shape[-2:], settings)
+    sizes = ImagePyramid(*photo.shape[-2:], settings).sizes
     assert max(sizes[0]) == 32 and max(sizes[1]) == 64
     assert [h["level"] for h in result.history] == [0] * 5 + [1] * 3
     assert seen[0] == (0, sizes[0]) and seen[-1] == (6, sizes[1])
@@ -204,3 +209,51 @@ def test_mrf_image_too_small_even_at_the_finest_level_is_a_user_error(random_mrf
                                         r"output is 1x2, smaller than the 3x3 MRF patch; use a larger image_size"):
         optimize_image(torch.rand(1, 3, 600, 400), [torch.rand(1, 3, 96, 120)], random_mrf,
                        OptimizeSettings(steps=1, image_size=20, pyramid_levels=1), progress=False)
+
+
+def test_optimize_image_leaves_the_callers_loss_and_its_targets_alone(random_vgg_loss):
+    torch.manual_seed(0)
+    loss = PerceptualLoss.from_config(random_vgg_loss("vgg16", {"relu2_2": 1.0}, {"relu1_2": 1.0, "relu2_2": 1.0}))
+    probe, content, style = torch.rand(1, 3, 24, 24), torch.rand(1, 3, 24, 24), torch.rand(1, 3, 20, 28)
+    loss.set_style(style)
+    loss.set_content(content)
+    buffers = dict(loss.named_buffers())
+    before = {name: float(value) for name, value in loss(probe).items()}
+    settings = OptimizeSettings(steps=2, optimizer="adam", image_size=32, pyramid_levels=2, style_scale=0.5)
+    other = torch.rand(1, 3, 40, 30)
+    optimize_image(torch.rand(1, 3, 30, 40), [other], loss, settings, progress=False)
+    optimize_image(torch.rand(1, 3, 30, 40), [other, style], loss, settings, progress=False,
+                   content_masks=[torch.ones(1, 1, 30, 40), torch.zeros(1, 1, 30, 40)])
+    assert {name: float(value) for name, value in loss(probe).items()} == before
+    after = dict(loss.named_buffers())
+    assert after.keys() == buffers.keys() and all(value is buffers[name] for name, value in after.items())
+    fresh = PerceptualLoss.from_config(random_vgg_loss("vgg16", {"relu2_2": 1.0}, {"relu1_2": 1.0}))
+    optimize_image(torch.rand(1, 3, 30, 40), [other], fresh, settings, progress=False)
+    with pytest.raises(RuntimeError, match="set_style"):  # optimize_image set no targets on it
+        fresh(probe, probe)
+
+
+def test_untargeted_copy_shares_the_frozen_vgg_and_not_the_targets(random_mrf):
+    for loss in (random_mrf, PerceptualLoss(random_mrf.vgg, {"relu4_2": 1.0}, GramStyleLoss({"relu3_1": 1.0}))):
+        loss.set_style(torch.rand(1, 3, 64, 64))
+        targets = dict(loss.style.named_buffers())
+        copy = loss.untargeted_copy()
+        assert copy.vgg is loss.vgg and type(copy.style) is type(loss.style)
+        assert [id(p) for p in copy.parameters()] == [id(p) for p in loss.vgg.parameters()]  # no second VGG
+        assert not dict(copy.style.named_buffers())
+        copy.set_style(torch.rand(1, 3, 48, 48))
+        assert all(value is targets[name] for name, value in loss.style.named_buffers())
+        assert all(not torch.equal(value, targets[name]) for name, value in copy.style.named_buffers())
+
+
+def test_image_pyramid_sizes_style_sizes_and_skipped_mrf_levels(random_mrf):
+    settings = OptimizeSettings(steps=1, image_size=128, pyramid_levels=3, level_steps=[3, 2, 1], style_scale=0.5)
+    plain = ImagePyramid(600, 400, settings)
+    assert plain.sizes == [(32, 21), (64, 43), (128, 85)] and [lv.steps for lv in plain.levels] == [3, 2, 1]
+    assert plain.style_size((96, 120), plain.finest) == (51, 64)  # style_scale 0.5 of the level's 128 px
+    assert plain.style_size((96, 120), plain.levels[0]) == (13, 16)  # never below 16 px
+    styles = plain.styles([torch.rand(1, 3, 96, 120)], plain.levels[1])
+    assert styles[0].shape[-2:] == (26, 32)
+    assert plain.image(torch.rand(1, 3, 600, 400), plain.finest).shape[-2:] == (128, 85)
+    skipping = ImagePyramid(600, 400, dataclasses.replace(settings, style_scale=1.0), random_mrf, [(96, 120)])
+    assert [lv.index for lv in skipping.levels] == [1, 2] and skipping.sizes == plain.sizes[1:]

@@ -9,6 +9,7 @@ from fststyle.losses.mrf import (
     normalise_patches,
 )
 from fststyle.losses.perceptual import (
+    LOSS_TERMS,
     STYLE_LOSSES,
     GramStyleLoss,
     PerceptualLoss,
@@ -20,6 +21,7 @@ from fststyle.losses.spatial import SpatialGramStyleLoss, masked_gram_matrix, re
 STYLE_LOSSES["mrf"] = MRFStyleLoss
 
 __all__ = [
+    "LOSS_TERMS",
     "STYLE_LOSSES",
     "GramStyleLoss",
     "MRFStyleLoss",

@@ -3,6 +3,7 @@ and both call the same ``PerceptualLoss``."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
 from fststyle.vgg import VGGFeatures
 
 Features = dict[str, torch.Tensor]
+#: the summed terms every ``PerceptualLoss`` returns (besides one ``content.<layer>`` / ``style.<layer>`` per layer)
+LOSS_TERMS = ("content", "style", "tv", "total")
 
 
 def blend_weights(count: int, blend: Sequence[float] | None) -> list[float]:
@@ -41,6 +44,14 @@ class StyleLoss(nn.Module):
 
     def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], **options: Any) -> None:
         raise NotImplementedError
+
+    def untargeted_copy(self) -> StyleLoss:
+        """The same term (layers, weights, settings) without targets; setting its targets leaves this one's
+        alone. Targets are a style term's only buffers, and it has no parameters or submodules."""
+        clone = copy.copy(self)
+        clone._parameters, clone._modules = dict(self._parameters), dict(self._modules)
+        clone._buffers, clone._non_persistent_buffers_set = {}, set()
+        return clone
 
     def set_targets_from_images(self, vgg: VGGFeatures, images: Sequence[torch.Tensor], blend: Sequence[float],
                                 **options: Any) -> None:
@@ -108,6 +119,15 @@ class PerceptualLoss(nn.Module):
         return cls(vgg, content_layers, style, content_weight=float(config.get("content_weight", 1.0)),
                    style_weight=float(config.get("style_weight", 1.0)),
                    tv_weight=float(config.get("tv_weight", 0.0)))
+
+    def untargeted_copy(self, style: StyleLoss | None = None) -> PerceptualLoss:
+        """The same loss (layers, weights) on this loss's own frozen VGG (shared, not copied) without content or
+        style targets, so a caller's loss keeps its targets while the copy gets others; ``style`` replaces the
+        style term (default: a target-free copy of this one's)."""
+        if style is None and self.style is not None:
+            style = self.style.untargeted_copy()
+        return PerceptualLoss(self.vgg, self.content_layers, style, content_weight=self.content_weight,
+                              style_weight=self.style_weight, tv_weight=self.tv_weight)
 
     @torch.no_grad()
     def set_style(self, images: torch.Tensor | Sequence[torch.Tensor], blend: Sequence[float] | None = None,
