@@ -27,8 +27,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from fststyle.export import load_style_model
 from fststyle.images import load_image
+from fststyle.style_model import load_style_model
 from fststyle.stylize import Stylizer
 from fststyle.transformer import TransformerNet
 

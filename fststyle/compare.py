@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from fststyle import optimize
 from fststyle.errors import UserError
-from fststyle.export import load_style_model, read_metadata, read_style_image
 from fststyle.files import (
     atomic_write_json,
     atomic_write_text,
@@ -47,6 +46,7 @@ from fststyle.images import (
     tensor_to_pil,
 )
 from fststyle.losses import PerceptualLoss
+from fststyle.style_model import load_style_model, read_metadata, read_style_image
 from fststyle.stylize import Stylizer, resolve_device
 from fststyle.vgg import WEIGHT_SOURCES, WeightsUnavailableError
 

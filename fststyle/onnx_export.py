@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from fststyle.errors import UserError
-from fststyle.export import ModelFileError, export_checkpoint, load_style_model
 from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
+from fststyle.style_model import ModelFileError, export_checkpoint, load_style_model
 from fststyle.transformer import TransformerNet
 
 #: ONNX opset for the dynamo exporter (opset 18 has Pad with reflect mode and Resize; onnxruntime >= 1.14 runs it)

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from fststyle.color import preserve_colors
 from fststyle.errors import InputNotFoundError, UserError
-from fststyle.export import load_style_model
 from fststyle.files import check_writable, mark_output_folder, refuse_overwriting_inputs
 from fststyle.images import (
     DEFAULT_JPEG_QUALITY,
@@ -41,6 +40,7 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
+from fststyle.style_model import load_style_model
 from fststyle.transformer import TransformerNet
 
 log = logging.getLogger(__name__)

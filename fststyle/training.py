@@ -30,10 +30,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from fststyle.data import StyleDataModule
 from fststyle.errors import UserError
-from fststyle.export import save_style_model, style_metadata
 from fststyle.files import atomic_write
 from fststyle.images import list_images
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
+from fststyle.style_model import save_style_model, style_metadata
 
 LAST_CHECKPOINT = "last.ckpt"
 

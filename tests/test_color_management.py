@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageCms
 
 from fststyle.data import read_rgb_uint8
-from fststyle.export import save_style_model
 from fststyle.images import load_image, open_image, read_photo, save_image
+from fststyle.style_model import save_style_model
 from fststyle.stylize import Stylizer, run, stylize_file
 from fststyle.transformer import TransformerNet
 

@@ -21,9 +21,9 @@ from fststyle.compare import (
     style_images,
     summarise,
 )
-from fststyle.export import save_style_model
 from fststyle.images import labelled_grid, load_image
 from fststyle.losses import PerceptualLoss
+from fststyle.style_model import save_style_model
 from fststyle.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 
 from fststyle.compare import run as compare_run
 from fststyle.errors import UserError
-from fststyle.export import ModelFileError, save_style_model
 from fststyle.files import OUTPUT_MARKER, OverwriteError
 from fststyle.images import list_images
 from fststyle.optimize import run as optimize_run
+from fststyle.style_model import ModelFileError, save_style_model
 from fststyle.stylize import run
 from fststyle.transformer import TransformerNet
 

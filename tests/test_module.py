@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fststyle.export import load_style_model, read_metadata
 from fststyle.images import load_image
 from fststyle.module import NonFiniteLossError, StyleTransferModule
+from fststyle.style_model import load_style_model, read_metadata
 from fststyle.training import build_module, data_module, train
 from fststyle.vgg import VGGFeatures
 

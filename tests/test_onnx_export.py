@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fststyle.errors import UserError
-from fststyle.export import load_style_model, save_style_model
 from fststyle.onnx_export import export_model
+from fststyle.style_model import load_style_model, save_style_model
 from fststyle.transformer import TransformerNet
 
 #: float32 on CPU: same operations in a different order (onnxruntime's kernels vs oneDNN); observed max ~2e-6

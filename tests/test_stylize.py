@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fststyle.color import rgb_to_yiq
-from fststyle.export import ModelFileError, load_style_model, save_style_model
 from fststyle.files import OverwriteError
 from fststyle.images import ImageReadError, load_image, open_image
+from fststyle.style_model import ModelFileError, load_style_model, save_style_model
 from fststyle.stylize import Stylizer, blend_ramp, stylize_file, stylize_folder, tile_starts
 from fststyle.transformer import TransformerNet
 

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from fststyle.cli import run_job
-from fststyle.export import load_style_model
+from fststyle.style_model import load_style_model
 from fststyle.training import train
 
 REPO = Path(__file__).resolve().parents[1]  # train.py's folder: the subprocesses run there

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fststyle.export import load_style_model
 from fststyle.images import load_image
+from fststyle.style_model import load_style_model
 from fststyle.transformer import TransformerConfig, TransformerNet
 
 

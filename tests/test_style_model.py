@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fststyle.export import (
+from fststyle.style_model import (
     ModelFileError,
     load_style_model,
     read_metadata,
@@ -80,7 +80,7 @@ def test_pickle_carrying_code_is_refused_without_running(tmp_path):
 #: seconds, and the peak resident set above the baseline after importing fststyle.
 _REFUSAL_PROBE = """
 import json, resource, sys, time
-from fststyle.export import ModelFileError, load_style_model
+from fststyle.style_model import ModelFileError, load_style_model
 
 def status_kb(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
