@@ -1,7 +1,7 @@
 """Lightning training module: the Johnson transformer trained against the shared ``PerceptualLoss``.
 
 Hyper-parameters are plain Python containers, so a checkpoint loads with ``torch.load(weights_only=True)``
-and ``fststyle.style_model`` can turn it into a style model. The frozen VGG is not stored in checkpoints: it
+and ``fststyle.export`` can turn it into a style model. The frozen VGG is not stored in checkpoints: it
 is rebuilt from the loss config, and its current weights are put back before the state dict loads.
 """
 

@@ -400,7 +400,7 @@ def run(cfg: Any) -> int:
     """Hydra adapter for ``infer.py engine=fast``: stylise ``input`` (file or folder) or ``export`` ``model``.
     Returns the process exit status: 0 on success, 1 when any image of a folder failed; raises UserError for
     unusable settings, checked (with an explicit ``output``) before the model is loaded."""
-    from fststyle.onnx_export import export_model
+    from fststyle.export import export_model
 
     if cfg.model is None:
         raise UserError("no style model given: add model=path/to/style.safetensors "

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fststyle.errors import UserError
-from fststyle.onnx_export import export_model
+from fststyle.export import export_model
 from fststyle.style_model import load_style_model, save_style_model
 from fststyle.transformer import TransformerNet
 
