@@ -1,5 +1,6 @@
 """Portable exports of a style model: ONNX (dynamic N, H, W) and TorchScript (any size), plus the
 ``.ckpt`` -> ``.safetensors`` conversion, all behind ``export_model`` (``infer.py model=... export=...``).
+The exporters take a loaded ``StyleModel`` or a model file's path.
 
 Both export ``TransformerNet`` itself: its forward has no data-dependent branch and its padding is a function
 of the input size; its inference-only fast paths (``fast_inference``, recorded statistics) are off in a loaded
@@ -15,7 +16,7 @@ import torch
 
 from fststyle.errors import UserError
 from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
-from fststyle.style_model import ModelFileError, export_checkpoint, load_style_model
+from fststyle.style_model import ModelFileError, StyleModel
 from fststyle.transformer import TransformerNet
 
 #: ONNX opset for the dynamo exporter (opset 18 has Pad with reflect mode and Resize; onnxruntime >= 1.14 runs it)
@@ -28,10 +29,10 @@ EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safet
 ONNX_EXPORTER_PACKAGES = ("onnx", "onnxscript")
 
 
-def export_onnx(model_path: str | Path, out: str | Path) -> Path:
-    """Write the style model at ``model_path`` as ONNX with dynamic batch, height and width (H, W >= 8)."""
+def export_onnx(model: StyleModel | str | Path, out: str | Path) -> Path:
+    """Write the style model (or the one at that path) as ONNX with dynamic batch, height and width (H, W >= 8)."""
     _require_onnx_exporter()
-    net, _ = load_style_model(model_path)
+    net = _network(model)
     # batch 2 and odd sizes so the exporter cannot specialise any of them to a constant
     example = torch.rand(2, 3, 67, 61)
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=ONNX_MIN_SIZE),
@@ -43,6 +44,11 @@ def export_onnx(model_path: str | Path, out: str | Path) -> Path:
                                     dynamic_shapes={"images": dims}, verbose=False)
         program.save(str(tmp))
     return out
+
+
+def _network(model: StyleModel | str | Path) -> TransformerNet:
+    """The network of ``model``, loaded on the CPU when it is a path."""
+    return (model if isinstance(model, StyleModel) else StyleModel.load(model)).network
 
 
 def _require_onnx_exporter() -> None:
@@ -58,9 +64,9 @@ def _require_onnx_exporter() -> None:
                         'pip install "fststyle[onnx]"')
 
 
-def export_torchscript(model_path: str | Path, out: str | Path) -> Path:
-    """Write the style model at ``model_path`` as a scripted TorchScript module that runs any H, W."""
-    net, _ = load_style_model(model_path)
+def export_torchscript(model: StyleModel | str | Path, out: str | Path) -> Path:
+    """Write the style model (or the one at that path) as a scripted TorchScript module that runs any H, W."""
+    net = _network(model)
     scripted = torch.jit.script(net.eval())
     out = Path(out)
     with atomic_write(out) as tmp:
@@ -83,10 +89,13 @@ def export_model(model_path: str | Path, kind: str, out: str | Path | None = Non
         raise UserError(f"export={kind} writes a {suffix} file, but output={out} ends in {out.suffix!r}; "
                         f"e.g. output={out.with_suffix(suffix)}")
     check_writable(out)
-    if kind == "onnx":
-        return export_onnx(model_path, out)
-    if kind == "torchscript":
-        return export_torchscript(model_path, out)
-    if model_path.suffix != ".ckpt":
+    if kind == "safetensors" and model_path.suffix != ".ckpt":
         raise UserError(f"export=safetensors converts a training .ckpt; {model_path} is already a style model")
-    return export_checkpoint(model_path, out)
+    if kind == "onnx":
+        _require_onnx_exporter()
+    model = StyleModel.load(model_path)
+    if kind == "onnx":
+        return export_onnx(model, out)
+    if kind == "torchscript":
+        return export_torchscript(model, out)
+    return model.save(out)

@@ -1,4 +1,5 @@
-"""Style models on disk: the transformer's weights as ``.safetensors`` plus JSON metadata (docs/design.md §Model files).
+"""The style-model record and its file format: the transformer's weights as ``.safetensors`` plus JSON metadata
+and the style image(s) (docs/design.md §Model files).
 
 Loading a style model never unpickles. A Lightning ``.ckpt`` is read only with ``weights_only=True``.
 """
@@ -49,86 +50,97 @@ class ModelFileError(UserError):
     """A file that is not a usable fststyle style model; the message names the file and the fix."""
 
 
-def save_style_model(transformer: TransformerNet, path: str | Path, metadata: dict[str, Any],
-                     style_image: torch.Tensor | None = None) -> Path:
-    """Write ``transformer``, ``metadata`` (style name, loss config, steps, ...) and the style image
-    1,3,H,W in [0,1] the model was trained on (stored as uint8, so the loss can be rebuilt) to ``path``."""
-    path = Path(path)
-    info = {"format": FORMAT, "transformer": transformer.config.to_dict(), **metadata}
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in transformer.state_dict().items()}
-    if style_image is not None:
-        pixels = style_image.detach().cpu().reshape(-1, *style_image.shape[-2:])
-        tensors[STYLE_IMAGE_KEY] = (pixels * 255).round().to(torch.uint8).contiguous()
-    with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(info)})
-    return path
+@dataclasses.dataclass
+class StyleModel:
+    """A style model: its network, its metadata (style, loss, image_size, steps) and the style image(s)
+    K,3,H,W in [0,1] it was trained on, loaded once and passed to whatever stylises, scores or exports it.
+
+    ``path`` is where it was loaded from (for messages), None for one built in memory."""
+
+    network: TransformerNet
+    metadata: dict[str, Any]
+    style_images: torch.Tensor | None = None
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> StyleModel:
+        """A ``.safetensors`` style model or a Lightning ``.ckpt`` (weights-only; no style image), network in
+        eval mode on ``device``.
+
+        The header size, the metadata and the stored tensors' names and shapes are checked against the network
+        it describes before anything is allocated: a file cannot make us build a network its weights do not fill."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"style model not found: {path}")
+        if path.suffix == ".ckpt":
+            config, state, metadata = _read_checkpoint(path)
+            pixels = None
+        else:
+            config, state, metadata, pixels = _read_safetensors(path)
+        style_images = None if pixels is None else pixels.float().div(255).reshape(-1, 3, *pixels.shape[-2:])
+        return cls(_build(config, state).to(device).eval(), metadata, style_images, path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the network's weights, the metadata (with the format and the network's architecture) and the
+        style images (as uint8, so the loss can be rebuilt) to ``path`` atomically."""
+        path = Path(path)
+        header = {"format": FORMAT, "transformer": self.network.config.to_dict(), **self.metadata}
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.network.state_dict().items()}
+        if self.style_images is not None:
+            pixels = self.style_images.detach().cpu().reshape(-1, *self.style_images.shape[-2:])
+            tensors[STYLE_IMAGE_KEY] = (pixels * 255).round().to(torch.uint8).contiguous()
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+        return path
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The validated metadata dict of a ``.safetensors`` style model, read from its header alone."""
-    return _read_header(Path(path))[0]
+def training_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
+    """A style model's metadata from the training module's hyper-parameters after ``steps`` steps."""
+    return {"style": hparams.get("style", {}), "loss": hparams.get("loss", {}),
+            "image_size": hparams.get("image_size"), "steps": steps}
 
 
-def load_style_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerNet, dict[str, Any]]:
-    """Rebuild the transformer of a ``.safetensors`` or Lightning ``.ckpt`` file in eval mode, with its metadata.
-
-    The metadata is validated and the stored tensors' names and shapes are checked against the network it
-    describes before anything is allocated: a file cannot make us build a network its weights do not fill."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"style model not found: {path}")
-    if path.suffix == ".ckpt":
-        config, state, info = _read_checkpoint(path)
-    else:
-        info, stored = _read_header(path)
-        stored.pop(STYLE_IMAGE_KEY, None)
-        config = _checked_config(path, info, stored)
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                state = {name: handle.get_tensor(name) for name in stored}
-        except (SafetensorError, OSError) as error:
-            raise ModelFileError(f"{path}: truncated or corrupt weights ({error})") from error
-    return _build(config, state).to(device).eval(), info
-
-
-def read_style_image(path: str | Path) -> torch.Tensor | None:
-    """The style image(s) K,3,H,W in [0,1] stored in a ``.safetensors`` style model, or None."""
-    path = Path(path)
-    _, stored = _read_header(path)
-    if STYLE_IMAGE_KEY not in stored:
-        return None
-    with safe_open(str(path), framework="pt") as handle:
-        pixels = handle.get_tensor(STYLE_IMAGE_KEY)
-    return pixels.float().div(255).reshape(-1, 3, *pixels.shape[-2:])
-
-
-def _refuse_images(path: Path) -> None:
-    """Raise ModelFileError when ``path`` is a picture (by suffix or magic bytes) rather than a style model."""
-    with open(path, "rb") as handle:
-        head = handle.read(12)
+def _refuse_images(path: Path, head: bytes) -> None:
+    """Raise ModelFileError when ``path`` is a picture (by suffix or its first 12 bytes ``head``) rather than
+    a style model."""
     if path.suffix.lower() in IMAGE_SUFFIXES or head.startswith(IMAGE_MAGIC) or (head[:4], head[8:]) == (b"RIFF", b"WEBP"):
         raise ModelFileError(f"{path}: this is an image, not a style model: model= takes a .safetensors style model "
                              "(e.g. checkpoints/starry_night.safetensors); pass the photo as input=")
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[bool, tuple[int, ...]]]]:
-    """(validated metadata, {tensor name: (is floating point, shape)}) of a ``.safetensors`` file, from its
-    header alone: no tensor data is read. The stored style image is checked here too."""
-    if not path.is_file():
-        raise ModelFileError(f"style model not found: {path}")
-    _refuse_images(path)
+def _read_safetensors(path: Path) -> tuple[TransformerConfig, dict[str, torch.Tensor], dict[str, Any],
+                                           torch.Tensor | None]:
+    """(architecture, weights, metadata, stored style image uint8 K*3,H,W or None) of a ``.safetensors`` style
+    model. The header is size-checked and validated, and the tensors it lists checked against the network,
+    before any tensor data is read."""
     with open(path, "rb") as handle:
-        prefix = handle.read(8)
-    header_bytes = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        head = handle.read(12)
+    _refuse_images(path, head)
+    header_bytes = int.from_bytes(head[:8], "little") if len(head) >= 8 else None
     if header_bytes is None or header_bytes > MAX_HEADER_BYTES:
         raise ModelFileError(f"{path}: not a .safetensors style model (its header is missing or claims "
                              f"{header_bytes} bytes, more than {MAX_HEADER_BYTES}). " + REEXPORT_HINT)
+    problem = "not a readable .safetensors file"
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
             stored = {name: _slice_info(handle.get_slice(name)) for name in handle.keys()}
+            transformer, metadata = _parse_header(path, raw)
+            image = stored.pop(STYLE_IMAGE_KEY, None)
+            if image is not None:
+                _check_style_image(path, *image)
+            config = _checked_config(path, transformer, stored)
+            problem = "truncated or corrupt weights"
+            pixels = handle.get_tensor(STYLE_IMAGE_KEY) if image is not None else None
+            state = {name: handle.get_tensor(name) for name in stored}
     except (SafetensorError, OSError) as error:
-        raise ModelFileError(f"{path}: not a readable .safetensors file ({error}). " + REEXPORT_HINT) from error
+        raise ModelFileError(f"{path}: {problem} ({error}). " + REEXPORT_HINT) from error
+    return config, state, metadata, pixels
+
+
+def _parse_header(path: Path, raw: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(transformer settings, metadata) of the fststyle JSON ``raw`` in the header of ``path``, their types and
+    bounds checked; the "format" and "transformer" keys save writes are not part of the metadata."""
     if raw is None:
         raise ModelFileError(f"{path}: a .safetensors file without fststyle metadata; "
                              "export style models with fststyle (train.py writes one at the end of training).")
@@ -136,13 +148,17 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[bool, tupl
         raise ModelFileError(f"{path}: its fststyle metadata is {len(raw)} bytes, more than {MAX_METADATA_BYTES}; "
                              "not a model fststyle wrote. " + REEXPORT_HINT)
     try:
-        info = json.loads(raw)
+        header = json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise ModelFileError(f"{path}: its fststyle metadata is not valid JSON ({error}). " + REEXPORT_HINT) from None
-    _check_metadata(path, info)
-    if STYLE_IMAGE_KEY in stored:
-        _check_style_image(path, *stored[STYLE_IMAGE_KEY])
-    return info, stored
+    if not isinstance(header, dict):
+        raise _bad_metadata(path, f"a JSON {type(header).__name__} instead of an object")
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: unsupported style-model format {header.get('format')!r} (expected {FORMAT})")
+    metadata = {k: v for k, v in header.items() if k not in ("format", "transformer")}
+    _check_transformer(path, header.get("transformer"))
+    _check_metadata(path, metadata)
+    return header["transformer"], metadata
 
 
 def _slice_info(view: Any) -> tuple[bool, tuple[int, ...]]:
@@ -150,23 +166,26 @@ def _slice_info(view: Any) -> tuple[bool, tuple[int, ...]]:
     return view.get_dtype() in ("F16", "BF16", "F32", "F64"), tuple(view.get_shape())
 
 
-def _check_metadata(path: Path, info: Any) -> None:
-    """Raise ModelFileError unless ``info`` has the types and bounds of the metadata fststyle writes and reads."""
-    def bad(what: str) -> ModelFileError:
-        return ModelFileError(f"{path}: bad style-model metadata: {what}. " + REEXPORT_HINT)
+def _bad_metadata(path: Path, what: str) -> ModelFileError:
+    return ModelFileError(f"{path}: bad style-model metadata: {what}. " + REEXPORT_HINT)
 
-    if not isinstance(info, dict):
-        raise bad(f"a JSON {type(info).__name__} instead of an object")
-    if info.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unsupported style-model format {info.get('format')!r} (expected {FORMAT})")
-    transformer = info.get("transformer")
+
+def _check_transformer(path: Path, transformer: Any) -> None:
+    """Raise ModelFileError unless ``transformer`` maps TransformerConfig fields to values of their types."""
     if not isinstance(transformer, dict):
-        raise bad("no 'transformer' object (the network's architecture)")
+        raise _bad_metadata(path, "no 'transformer' object (the network's architecture)")
     for key, value in transformer.items():
         if key not in TRANSFORMER_FIELDS:
-            raise bad(f"unknown transformer setting {key!r}")
+            raise _bad_metadata(path, f"unknown transformer setting {key!r}")
         if not _has_type(value, TRANSFORMER_FIELDS[key]):
-            raise bad(f"transformer.{key} is {value!r}, not {TRANSFORMER_FIELDS[key]}")
+            raise _bad_metadata(path, f"transformer.{key} is {value!r}, not {TRANSFORMER_FIELDS[key]}")
+
+
+def _check_metadata(path: Path, info: dict[str, Any]) -> None:
+    """Raise ModelFileError unless ``info`` has the types and bounds of the metadata fststyle writes and reads."""
+    def bad(what: str) -> ModelFileError:
+        return _bad_metadata(path, what)
+
     for key in ("style", "loss"):
         if not isinstance(info.get(key) or {}, dict):
             raise bad(f"'{key}' is {type(info[key]).__name__}, not an object")
@@ -203,13 +222,13 @@ def _check_style_image(path: Path, floating: bool, shape: tuple[int, ...]) -> No
                              f"sides up to {MAX_IMAGE_SIDE} px). " + REEXPORT_HINT)
 
 
-def _checked_config(path: Path, info: dict[str, Any],
+def _checked_config(path: Path, transformer: dict[str, Any],
                     stored: dict[str, tuple[bool, tuple[int, ...]]]) -> TransformerConfig:
-    """The metadata's TransformerConfig, after checking that ``stored`` (name -> (is floating, shape)) holds
+    """The TransformerConfig of the settings ``transformer`` (types already checked), after checking that ``stored`` (name -> (is floating, shape)) holds
     exactly the tensors that network has: their names and shapes come from a build on the meta device,
     which allocates no storage, so nothing is allocated for a network the file cannot fill."""
     try:
-        config = TransformerConfig(**info["transformer"])
+        config = TransformerConfig(**transformer)
     except (TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: bad transformer settings in its metadata ({error}). " + REEXPORT_HINT) from None
     with torch.device("meta"):
@@ -261,28 +280,10 @@ def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Ten
     if not state or not isinstance(hparams, dict) or not isinstance(hparams.get("transformer"), dict):
         raise ModelFileError(f"{path}: a Lightning checkpoint without an fststyle transformer")
     step = checkpoint.get("global_step", 0)
-    info = style_metadata(hparams, steps=step if _is_int(step) else 0)
-    _check_metadata(path, info)
-    config = _checked_config(path, info, {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
-    return config, state, info
+    metadata = training_metadata(hparams, steps=step if _is_int(step) else 0)
+    _check_transformer(path, hparams["transformer"])
+    _check_metadata(path, metadata)
+    config = _checked_config(path, hparams["transformer"],
+                             {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
+    return config, state, metadata
 
-
-def style_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
-    """The metadata stored with an exported model, from the training module's hyper-parameters."""
-    return {
-        "format": FORMAT,
-        "transformer": dict(hparams["transformer"]),
-        "style": hparams.get("style", {}),
-        "loss": hparams.get("loss", {}),
-        "image_size": hparams.get("image_size"),
-        "steps": steps,
-    }
-
-
-def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None) -> Path:
-    """Write the style model of a training ``.ckpt`` as ``.safetensors`` (next to it when ``output`` is None)."""
-    checkpoint = Path(checkpoint)
-    config, state, info = _read_checkpoint(checkpoint)
-    model = _build(config, state)
-    output = Path(output) if output is not None else checkpoint.with_suffix(".safetensors")
-    return save_style_model(model, output, {k: v for k, v in info.items() if k not in ("format", "transformer")})

@@ -40,7 +40,7 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
-from fststyle.style_model import load_style_model
+from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerNet
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,15 @@ class Stylizer:
     def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
              **options: Any) -> Stylizer:
         """Load a ``.safetensors`` style model (or a training ``.ckpt``, weights-only) onto ``device``."""
+        return cls.from_model(StyleModel.load(path), device, precision, **options)
+
+    @classmethod
+    def from_model(cls, model: StyleModel, device: str | torch.device = "auto", precision: str = "auto",
+                   **options: Any) -> Stylizer:
+        """Run a loaded style model's network (moved to ``device`` and the precision's dtype) on ``device``."""
         resolved = resolve_device(device)
-        network, metadata = load_style_model(path, device="cpu")
-        return cls(network, metadata, device=resolved, dtype=resolve_precision(precision, resolved), **options)
+        return cls(model.network, model.metadata, device=resolved, dtype=resolve_precision(precision, resolved),
+                   **options)
 
     @property
     def style_name(self) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from fststyle.errors import UserError
 from fststyle.export import export_model
-from fststyle.style_model import load_style_model, save_style_model
+from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerNet
 
 #: float32 on CPU: same operations in a different order (onnxruntime's kernels vs oneDNN); observed max ~2e-6
@@ -23,7 +23,7 @@ TOLERANCE = 1e-4
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TransformerNet]:
     torch.manual_seed(0)
     network = TransformerNet(width=0.25, residual_blocks=2).eval()
-    path = save_style_model(network, tmp_path_factory.mktemp("export") / "tiny.safetensors", {"style": {"name": "t"}})
+    path = StyleModel(network, {"style": {"name": "t"}}).save(tmp_path_factory.mktemp("export") / "tiny.safetensors")
     return path, network
 
 
@@ -71,10 +71,10 @@ def test_safetensors_from_training_checkpoint(model: tuple[Path, TransformerNet]
                 "global_step": 7}, checkpoint)
     written = export_model(checkpoint, "safetensors")
     assert written == tmp_path / "run.safetensors"
-    loaded, info = load_style_model(written)
-    assert info["steps"] == 7 and info["style"] == {"name": "t"}
+    loaded = StyleModel.load(written)
+    assert loaded.metadata["steps"] == 7 and loaded.metadata["style"] == {"name": "t"}
     images = torch.rand(1, 3, 21, 30)
-    np.testing.assert_allclose(_reference(loaded, images), _reference(network, images), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(_reference(loaded.network, images), _reference(network, images), atol=1e-6, rtol=0)
 
 
 def test_export_refuses_bad_requests(model: tuple[Path, TransformerNet]) -> None:
