@@ -27,8 +27,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from fststyle.export import load_style_model
 from fststyle.images import load_image
+from fststyle.style_model import StyleModel
 from fststyle.stylize import Stylizer
 from fststyle.transformer import TransformerNet
 
@@ -102,7 +102,7 @@ def tiling_difference(photo: str, tile: int, overlap: int, model: str | None) ->
     """Tiled vs untiled output of one photo at 1024x768, in 8-bit levels, with and without shared statistics."""
     torch.manual_seed(0)
     if model:
-        network = load_style_model(model)[0]
+        network = StyleModel.load(model).network
     else:
         network = TransformerNet().eval()  # random weights: see docs/stylize.md for what that means here
     print(f"network: {model or 'random weights, full width'}")

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from fststyle import optimize
 from fststyle.errors import UserError
-from fststyle.export import load_style_model, read_metadata, read_style_image
 from fststyle.files import (
     atomic_write_json,
     atomic_write_text,
@@ -46,6 +45,7 @@ from fststyle.images import (
 )
 from fststyle.losses import LOSS_TERMS, PerceptualLoss
 from fststyle.memory import PeakMemory
+from fststyle.style_model import StyleModel
 from fststyle.stylize import Stylizer, resolve_device
 from fststyle.vgg import WEIGHT_SOURCES, WeightsUnavailableError
 
@@ -67,18 +67,17 @@ def quantize(image: torch.Tensor) -> torch.Tensor:
     return pil_to_tensor(tensor_to_pil(image)).unsqueeze(0)
 
 
-def style_images(model: Path, metadata: Mapping[str, Any],
-                 style_paths: Sequence[str | Path] | None = None) -> list[torch.Tensor]:
+def style_images(model: StyleModel, style_paths: Sequence[str | Path] | None = None) -> list[torch.Tensor]:
     """The style images 1,3,H,W the model was trained on, at the training ``style.size`` (longer side): the ones
     stored in the model file, or ``style_paths`` when the user names them. Paths in the metadata are never read."""
-    style = dict(metadata.get("style") or {})
+    style = dict(model.metadata.get("style") or {})
     if style_paths:
         images = [load_image(path) for path in style_paths]
     else:
-        stored = read_style_image(model) if model.suffix == ".safetensors" else None
+        stored = model.style_images
         if stored is None:
             raise ComparisonError(
-                f"{model}: the model stores no style image, and compare never reads the style.paths a model's "
+                f"{model.path}: the model stores no style image, and compare never reads the style.paths a model's "
                 "metadata names; name the style image(s) it was trained on with style=painting.jpg "
                 "(style='[a.jpg,b.jpg]' for several), or use the .safetensors train.py writes, which stores it.")
         images = list(stored.split(1))
@@ -88,43 +87,44 @@ def style_images(model: Path, metadata: Mapping[str, Any],
     return [resize_image(image, int(size)) for image in images]
 
 
-def scoring_config(model: Path, metadata: Mapping[str, Any], loss_weights: str | None = None) -> dict[str, Any]:
+def scoring_config(model: StyleModel, loss_weights: str | None = None) -> dict[str, Any]:
     """The model's training loss config, with VGG weights ``loss_weights`` when given. A weights file named in
     the metadata is refused: compare loads only weight sources by name (caffe, torchvision, random) or the file
     the user names."""
+    metadata = model.metadata
     if not metadata.get("loss"):
         raise ComparisonError(
-            f"{model}: the model's metadata has no training loss ('loss'), so its outputs cannot be scored "
+            f"{model.path}: the model's metadata has no training loss ('loss'), so its outputs cannot be scored "
             "the way it was trained; re-export it from its training checkpoint with fststyle's export.")
     config = dict(metadata["loss"])
     network = config.get("network") or {}
     if not isinstance(network, Mapping):
-        raise ComparisonError(f"{model}: its training loss has a malformed 'network' entry ({network!r}); "
+        raise ComparisonError(f"{model.path}: its training loss has a malformed 'network' entry ({network!r}); "
                               "re-export it from its training checkpoint with fststyle's export.")
     weights = network.get("weights", "torchvision")
     if loss_weights is not None:
         weights = str(loss_weights)
     elif not (isinstance(weights, str) and weights in WEIGHT_SOURCES):
         raise ComparisonError(
-            f"{model}: its training loss takes VGG weights from the file {weights!r} named in its metadata, and "
+            f"{model.path}: its training loss takes VGG weights from the file {weights!r} named in its metadata, and "
             f"compare loads no file a model names; set loss_weights=/path/to/that/file to trust it (or "
             f"loss_weights={'|'.join(WEIGHT_SOURCES)}).")
     config["network"] = {**network, "weights": weights}
     return config
 
 
-def scoring_loss(model: Path, metadata: Mapping[str, Any], device: torch.device,
-                 styles: Sequence[torch.Tensor], loss_weights: str | None = None) -> PerceptualLoss:
+def scoring_loss(model: StyleModel, device: torch.device, styles: Sequence[torch.Tensor],
+                 loss_weights: str | None = None) -> PerceptualLoss:
     """The model's own training loss (network, layers, weights) with its style targets set from ``styles``
     (each 1,3,H,W), on ``device``."""
-    config = scoring_config(model, metadata, loss_weights)
+    config = scoring_config(model, loss_weights)
     try:
         loss = PerceptualLoss.from_config(config).to(device)
-        loss.set_style([image.to(device) for image in styles], blend=(metadata.get("style") or {}).get("blend"))
+        loss.set_style([image.to(device) for image in styles], blend=(model.metadata.get("style") or {}).get("blend"))
     except UserError:
         raise
     except (TypeError, ValueError, WeightsUnavailableError) as error:
-        raise ComparisonError(f"{model}: its training loss cannot be rebuilt ({error})") from error
+        raise ComparisonError(f"{model.path}: its training loss cannot be rebuilt ({error})") from error
     return loss
 
 
@@ -142,11 +142,11 @@ def _timed(device: torch.device, function, *args, **kwargs) -> tuple[Any, float,
 class _Engines:
     """The engines of one comparison, built once and run photo by photo on content 1,3,H,W."""
 
-    def __init__(self, model: Path, names: Sequence[str], configs: Mapping[str, Mapping[str, Any]],
+    def __init__(self, model: StyleModel, names: Sequence[str], configs: Mapping[str, Mapping[str, Any]],
                  styles: list[torch.Tensor], blend: Sequence[float] | None, image_size: int,
                  device: torch.device, seed: int, progress: bool) -> None:
         self.device, self.styles, self.blend, self.progress = device, styles, blend, progress
-        self.stylizer = Stylizer.load(model, device=device) if "fast" in names else None
+        self.stylizer = Stylizer.from_model(model, device=device) if "fast" in names else None
         # every engine works at the comparison's size, seeded like the rest of the run
         self.slow = {name: (dataclasses.replace(optimize.settings_from_config(configs[name]),
                                                 image_size=image_size, seed=seed),
@@ -154,7 +154,7 @@ class _Engines:
         self.settings = {name: {"settings": dataclasses.asdict(settings), "loss": dict(configs[name]["loss"])}
                          for name, (settings, _) in self.slow.items()}
         if self.stylizer is not None:
-            self.settings["fast"] = {"model": str(model), "dtype": str(self.stylizer.dtype)}
+            self.settings["fast"] = {"model": str(model.path), "dtype": str(self.stylizer.dtype)}
         self._warm = False
 
     def run(self, name: str, content: torch.Tensor) -> tuple[torch.Tensor, float, int | None]:
@@ -232,12 +232,13 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
     check_engines(engines, engine_configs)
     if not model.is_file():
         raise ComparisonError(f"model not found: {model}; pass model=path/to/style.safetensors")
-    metadata = read_metadata(model) if model.suffix == ".safetensors" else load_style_model(model)[1]
-    styles = style_images(model, metadata, style_paths)
-    loss = scoring_loss(model, metadata, device, styles, loss_weights)
+    record = StyleModel.load(model)
+    metadata = record.metadata
+    styles = style_images(record, style_paths)
+    loss = scoring_loss(record, device, styles, loss_weights)
     blend = (metadata.get("style") or {}).get("blend")
     size = int(image_size or metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
-    runner = _Engines(model, engines, engine_configs, styles, blend, size, device, seed, progress)
+    runner = _Engines(record, engines, engine_configs, styles, blend, size, device, seed, progress)
     photos = [Path(p) for p in photos]
     names = _photo_names(photos, Path(photo_root) if photo_root is not None else None)
     mark_output_folder(output, [model, *photos])

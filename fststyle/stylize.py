@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from fststyle.color import preserve_colors
 from fststyle.errors import InputNotFoundError, UserError
-from fststyle.export import load_style_model
 from fststyle.files import check_writable, mark_output_folder, refuse_overwriting_inputs
 from fststyle.images import (
     DEFAULT_JPEG_QUALITY,
@@ -42,6 +41,7 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
+from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerNet
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,15 @@ class Stylizer:
     def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
              **options: Any) -> Stylizer:
         """Load a ``.safetensors`` style model (or a training ``.ckpt``, weights-only) onto ``device``."""
+        return cls.from_model(StyleModel.load(path), device, precision, **options)
+
+    @classmethod
+    def from_model(cls, model: StyleModel, device: str | torch.device = "auto", precision: str = "auto",
+                   **options: Any) -> Stylizer:
+        """Run a loaded style model's network (moved to ``device`` and the precision's dtype) on ``device``."""
         resolved = resolve_device(device)
-        network, metadata = load_style_model(path, device="cpu")
-        return cls(network, metadata, device=resolved, dtype=resolve_precision(precision, resolved), **options)
+        return cls(model.network, model.metadata, device=resolved, dtype=resolve_precision(precision, resolved),
+                   **options)
 
     @property
     def style_name(self) -> str:
@@ -401,7 +407,7 @@ def run(cfg: Any) -> int:
     """Hydra adapter for ``infer.py engine=fast``: stylise ``input`` (file or folder) or ``export`` ``model``.
     Returns the process exit status: 0 on success, 1 when any image of a folder failed; raises UserError for
     unusable settings, checked (with an explicit ``output``) before the model is loaded."""
-    from fststyle.onnx_export import export_model
+    from fststyle.export import export_model
 
     if cfg.model is None:
         raise UserError("no style model given: add model=path/to/style.safetensors "

@@ -30,10 +30,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from fststyle.data import StyleDataModule
 from fststyle.errors import UserError
-from fststyle.export import save_style_model, style_metadata
 from fststyle.files import atomic_write
 from fststyle.images import list_images
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
+from fststyle.style_model import StyleModel, training_metadata
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -356,6 +356,5 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    metadata = {k: v for k, v in style_metadata(dict(hparams), steps).items() if k not in ("format", "transformer")}
-    style_image = module.style_images[0] if len(module.style_images) == 1 else None
-    return save_style_model(module.transformer, path, metadata, style_image=style_image)
+    style_images = module.style_images[0] if len(module.style_images) == 1 else None
+    return StyleModel(module.transformer, training_metadata(dict(hparams), steps), style_images).save(path)

@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageCms
 
 from fststyle.data import read_rgb_uint8
-from fststyle.export import save_style_model
 from fststyle.images import load_image, open_image, read_photo, save_image
+from fststyle.style_model import StyleModel
 from fststyle.stylize import Stylizer, run, stylize_file
 from fststyle.transformer import TransformerNet
 
@@ -195,8 +195,8 @@ def test_stylize_file_writes_srgb_pixels_and_keeps_exif(tmp_path: Path) -> None:
 
 def test_jpeg_quality_setting_reaches_the_written_jpeg(compose, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), tmp_path / "m.safetensors",
-                             {"style": {"name": "t"}})
+    model = StyleModel(TransformerNet(width=0.25, residual_blocks=1), {"style": {"name": "t"}}).save(
+        tmp_path / "m.safetensors")
     Image.fromarray(p3_test_pixels()).save(tmp_path / "photo.png")
     cfg = compose("infer", f"model={model}", f"input={tmp_path / 'photo.png'}", f"output={tmp_path / 'out.jpg'}",
                   "jpeg_quality=40")

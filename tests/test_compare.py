@@ -1,5 +1,6 @@
 """Fast vs optimisation comparison: real tiny models, the real Caffe VGG-19, the bundled photos."""
 
+import dataclasses
 import json
 import shutil
 import statistics
@@ -20,9 +21,9 @@ from fststyle.compare import (
     style_images,
     summarise,
 )
-from fststyle.export import save_style_model
 from fststyle.images import labelled_grid, load_image
 from fststyle.losses import PerceptualLoss
+from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def tiny_model(path: Path, metadata: dict | None = None, style_size: int = STYLE
     info = {"style": {"name": "starry_night", "paths": [], "blend": None, "size": STYLE_SIZE},
             "loss": LOSS, "image_size": IMAGE_SIZE, "steps": 0} if metadata is None else metadata
     style = load_image(REPO / "data/styles/starry_night.jpg", style_size)
-    return save_style_model(net, path, info, style_image=style)
+    return StyleModel(net, info, style).save(path)
 
 
 def photo_folder(tmp_path: Path, count: int = 2) -> Path:
@@ -131,11 +132,10 @@ def test_strip_and_overview_have_the_expected_cells_and_labels(comparison):
 
 
 def test_style_image_is_resized_to_the_training_style_size(tmp_path):
-    model = tiny_model(tmp_path / "m.safetensors", style_size=60)
-    metadata = {"style": {"size": STYLE_SIZE}}
-    (image,) = style_images(model, metadata)
+    model = StyleModel.load(tiny_model(tmp_path / "m.safetensors", style_size=60))
+    (image,) = style_images(dataclasses.replace(model, metadata={"style": {"size": STYLE_SIZE}}))
     assert max(image.shape[-2:]) == STYLE_SIZE
-    (unchanged,) = style_images(model, {"style": {"size": None}})
+    (unchanged,) = style_images(dataclasses.replace(model, metadata={"style": {"size": None}}))
     assert max(unchanged.shape[-2:]) == 60
 
 
@@ -236,12 +236,12 @@ def test_style_paths_in_the_metadata_are_never_read(tmp_path):
     painting = REPO / "data/styles/starry_night.jpg"
     info = {"style": {"name": "starry_night", "paths": [str(painting)], "size": STYLE_SIZE}, "loss": LOSS,
             "image_size": IMAGE_SIZE, "steps": 0}
-    model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), tmp_path / "nostyle.safetensors", info)
+    model = StyleModel(TransformerNet(width=0.25, residual_blocks=1), info).save(tmp_path / "nostyle.safetensors")
     with pytest.raises(ComparisonError, match=r"nostyle\.safetensors: the model stores no style image, and compare "
                                               r"never reads the style\.paths .* style=painting\.jpg"):
         compare(model, [], tmp_path / "out", engines=["fast"], engine_configs={})
     # the user may name the style image
-    (image,) = style_images(model, info, [painting])
+    (image,) = style_images(StyleModel.load(model), [painting])
     assert torch.equal(image, load_image(painting, STYLE_SIZE))
 
 
@@ -260,3 +260,32 @@ def test_a_vgg_weights_file_named_in_the_metadata_is_loaded_only_when_the_user_n
     report = compare(model, [], tmp_path / "out", engines=["fast"], engine_configs={}, loss_weights="caffe",
                      progress=False)
     assert report["photos"] == [] and (tmp_path / "out/report.json").is_file()
+
+
+def test_one_comparison_reads_the_model_file_once(tmp_path, monkeypatch):
+    """compare loads one StyleModel and passes it to the fast engine, the scoring loss and the style targets:
+    one 12-byte read of the head (image and header-size checks) and one safetensors open, nothing more."""
+    import builtins
+
+    from fststyle import style_model
+
+    model = tiny_model(tmp_path / "m.safetensors")
+    opened = []
+    real_open, real_safe_open = builtins.open, style_model.safe_open
+
+    def counting_open(file, *args, **kwargs):
+        if Path(str(file)) == model:
+            opened.append("open")
+        return real_open(file, *args, **kwargs)
+
+    def counting_safe_open(file, *args, **kwargs):
+        if Path(str(file)) == model:
+            opened.append("safe_open")
+        return real_safe_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(style_model, "safe_open", counting_safe_open)
+    photo = sorted((REPO / "data/preview").glob("*.jpg"))[0]
+    report = compare(model, [photo], tmp_path / "out", engines=["fast"], engine_configs={}, progress=False)
+    assert opened == ["open", "safe_open"]
+    assert not report["failures"] and report["photos"][0]["results"]["fast"]["losses"]["total"] > 0

@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 
 from fststyle.compare import run as compare_run
 from fststyle.errors import UserError
-from fststyle.export import ModelFileError, save_style_model
 from fststyle.files import OUTPUT_MARKER, OverwriteError
 from fststyle.images import list_images
 from fststyle.optimize import run as optimize_run
+from fststyle.style_model import ModelFileError, StyleModel
 from fststyle.stylize import run
 from fststyle.transformer import TransformerNet
 
@@ -34,7 +34,7 @@ PREVIEW = REPO / "data" / "preview"
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     network = TransformerNet(width=0.25, residual_blocks=1)
-    return save_style_model(network, tmp_path_factory.mktemp("cli") / "tiny.safetensors", {"style": {"name": "tiny"}})
+    return StyleModel(network, {"style": {"name": "tiny"}}).save(tmp_path_factory.mktemp("cli") / "tiny.safetensors")
 
 
 def _infer(*overrides: str) -> subprocess.CompletedProcess:
@@ -229,8 +229,8 @@ def test_compare_output_inside_the_input_folder_is_not_compared_again(random_vgg
     photos = workspace / "photos"
     torch.manual_seed(0)
     loss = random_vgg_loss("vgg16", {"relu1_2": 1.0}, {"relu1_2": 1.0})
-    model = save_style_model(TransformerNet(width=0.25, residual_blocks=1), workspace / "scored.safetensors",
-                             {"style": {"name": "navy", "size": 12}, "loss": loss}, style_image=torch.rand(1, 3, 12, 12))
+    model = StyleModel(TransformerNet(width=0.25, residual_blocks=1), {"style": {"name": "navy", "size": 12}, "loss": loss},
+                       torch.rand(1, 3, 12, 12)).save(workspace / "scored.safetensors")
     cfg = compose("compare", f"model={model}", f"input={photos}", f"output={photos / 'cmp'}", "engines=[fast]",
                   "image_size=16", "device=cpu")
     assert compare_run(cfg) == 0

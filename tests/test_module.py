@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fststyle.export import load_style_model, read_metadata
 from fststyle.images import load_image
 from fststyle.module import NonFiniteLossError, StyleTransferModule
+from fststyle.style_model import StyleModel
 from fststyle.training import build_module, data_module, train
 from fststyle.vgg import VGGFeatures
 
@@ -105,13 +105,14 @@ def test_tensorboard_holds_preview_and_loss_terms(tiny_run) -> None:
 
 def test_exported_model_matches_module_bit_for_bit(tiny_run) -> None:
     assert tiny_run.model_path == tiny_run.run_dir / "the_scream.safetensors"
-    loaded, info = load_style_model(tiny_run.model_path)
+    model = StyleModel.load(tiny_run.model_path)
+    loaded, info = model.network, model.metadata
     module = tiny_run.module.transformer.eval()
     images = torch.rand(2, 3, 40, 52, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(loaded(images), module(images))
     assert info["steps"] == 4 and info["style"]["name"] == "the_scream"
-    assert read_metadata(tiny_run.model_path)["loss"]["network"]["weights"] == "random"
+    assert info["loss"]["network"]["weights"] == "random"
 
 
 def test_resume_continues_step_and_optimizer_state(tiny_config, tiny_run, tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fststyle.color import rgb_to_yiq
-from fststyle.export import ModelFileError, load_style_model, save_style_model
 from fststyle.files import OverwriteError
 from fststyle.images import ImageReadError, load_image, open_image
+from fststyle.style_model import ModelFileError, StyleModel
 from fststyle.stylize import Stylizer, blend_ramp, stylize_file, stylize_folder, tile_starts
 from fststyle.transformer import TransformerNet
 
@@ -30,7 +30,7 @@ def tiny_network(seed: int = 0) -> TransformerNet:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_style_model(tiny_network(), path, {"style": {"name": "tiny"}})
+    return StyleModel(tiny_network(), {"style": {"name": "tiny"}}).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_tensor_in_same_shape_out(stylizer: Stylizer, model_path: Path, size: tu
     assert out.shape == images.shape and out.dtype == torch.float32
     assert 0 <= out.min() and out.max() <= 1
     torch.testing.assert_close(out, stylizer.network(images), atol=2e-5, rtol=0)
-    plain = load_style_model(model_path)[0]  # the plain path, which export and training run
+    plain = StyleModel.load(model_path).network  # the plain path, which export and training run
     torch.testing.assert_close(out, plain(images), atol=2e-5, rtol=0)
 
 
@@ -276,7 +276,7 @@ def test_truncated_and_wrong_architecture_models_are_refused(model_path: Path, t
     with pytest.raises(ModelFileError, match="truncated.safetensors"):
         Stylizer.load(truncated, device="cpu")
     wrong = tmp_path / "wrong.safetensors"
-    save_style_model(tiny_network(), wrong, {})
+    StyleModel(tiny_network(), {}).save(wrong)
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from fststyle.cli import run_job
-from fststyle.export import load_style_model
+from fststyle.style_model import StyleModel
 from fststyle.training import train
 
 REPO = Path(__file__).resolve().parents[1]  # train.py's folder: the subprocesses run there
@@ -89,8 +89,8 @@ def run_train(*overrides: str, timeout: int = 300) -> subprocess.CompletedProces
 def test_fast_dev_run_through_the_hydra_config(tiny_config, tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path, "trainer.fast_dev_run=true"))
     assert result.global_step == 1
-    net, info = load_style_model(result.model_path)
-    assert info["transformer"]["width"] == 0.25 and info["image_size"] == 32
+    model = StyleModel.load(result.model_path)
+    assert model.network.config.width == 0.25 and model.metadata["image_size"] == 32
 
 
 def test_demo_preset_runs_end_to_end(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_demo_preset_runs_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"tensorboard --logdir {tmp_path}" in done.stdout
     assert (tmp_path / "starry_night.safetensors").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    _, info = load_style_model(tmp_path / "starry_night.safetensors")
+    info = StyleModel.load(tmp_path / "starry_night.safetensors").metadata
     assert info["steps"] == 3 and info["loss"]["network"]["weights"] == "caffe"
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["step_000000.png", "step_000003.png"]
 

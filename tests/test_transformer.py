@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fststyle.export import load_style_model
 from fststyle.images import load_image
+from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerConfig, TransformerNet
 
 
@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_shipped_style_model_loads_with_its_keys_and_gives_the_previous_output():
     # reference: checkpoints/starry_night.safetensors run by TransformerNet as of commit e159888 (before the
     # network, its fast inference form and its export copy became one), on the preview photo at 64x48
-    network, _ = load_style_model(REPO / "checkpoints" / "starry_night.safetensors")
+    network = StyleModel.load(REPO / "checkpoints" / "starry_night.safetensors").network
     photo = load_image(REPO / "data" / "preview" / "000000000030.jpg", size=(48, 64))
     reference = torch.from_numpy(np.load(REPO / "tests" / "data" / "starry_night_photo30_48x64.npy"))
     with torch.inference_mode():

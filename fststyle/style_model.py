@@ -1,0 +1,289 @@
+"""The style-model record and its file format: the transformer's weights as ``.safetensors`` plus JSON metadata
+and the style image(s) (docs/design.md §Model files).
+
+Loading a style model never unpickles. A Lightning ``.ckpt`` is read only with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from fststyle.errors import UserError
+from fststyle.files import atomic_write
+from fststyle.images import IMAGE_SUFFIXES
+from fststyle.transformer import TransformerConfig, TransformerNet
+
+FORMAT = "fststyle.style-model/1"
+METADATA_KEY = "fststyle"
+STYLE_IMAGE_KEY = "style_image"
+REEXPORT_HINT = "Re-export it with `python infer.py export=safetensors model=<run>.ckpt`."
+
+#: fststyle's own metadata is under 1 KB (architecture, style, loss settings, steps); 1 MiB leaves room
+#: for any later fields and refuses a header that would make the JSON parser hold a large document
+MAX_METADATA_BYTES = 2**20
+#: the metadata plus one ~100-byte header entry per tensor (a network at the TransformerConfig bounds has
+#: about 550 tensors): 2 MiB is generous. safetensors itself accepts up to 100 MB.
+MAX_HEADER_BYTES = 2 * MAX_METADATA_BYTES
+#: longest side of a stored style image and of the image sizes in the metadata: a 4096 px training crop
+#: already needs a 2 GiB float32 activation for the first 32-channel layer of one image
+MAX_IMAGE_SIDE = 4096
+#: style images one model may store or blend; conditional instance norm models (Dumoulin et al. 2017)
+#: reach 32 styles
+MAX_STYLES = 256
+#: magic bytes of the picture formats fststyle reads (JPEG, PNG, GIF, TIFF little/big endian); WebP is
+#: "RIFF" + size + "WEBP", checked apart
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"II*\x00", b"MM\x00*")
+#: TransformerConfig's fields and their annotations (strings under ``from __future__ import annotations``)
+TRANSFORMER_FIELDS = {field.name: str(field.type) for field in dataclasses.fields(TransformerConfig)}
+
+
+class ModelFileError(UserError):
+    """A file that is not a usable fststyle style model; the message names the file and the fix."""
+
+
+@dataclasses.dataclass
+class StyleModel:
+    """A style model: its network, its metadata (style, loss, image_size, steps) and the style image(s)
+    K,3,H,W in [0,1] it was trained on, loaded once and passed to whatever stylises, scores or exports it.
+
+    ``path`` is where it was loaded from (for messages), None for one built in memory."""
+
+    network: TransformerNet
+    metadata: dict[str, Any]
+    style_images: torch.Tensor | None = None
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> StyleModel:
+        """A ``.safetensors`` style model or a Lightning ``.ckpt`` (weights-only; no style image), network in
+        eval mode on ``device``.
+
+        The header size, the metadata and the stored tensors' names and shapes are checked against the network
+        it describes before anything is allocated: a file cannot make us build a network its weights do not fill."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"style model not found: {path}")
+        if path.suffix == ".ckpt":
+            config, state, metadata = _read_checkpoint(path)
+            pixels = None
+        else:
+            config, state, metadata, pixels = _read_safetensors(path)
+        style_images = None if pixels is None else pixels.float().div(255).reshape(-1, 3, *pixels.shape[-2:])
+        return cls(_build(config, state).to(device).eval(), metadata, style_images, path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the network's weights, the metadata (with the format and the network's architecture) and the
+        style images (as uint8, so the loss can be rebuilt) to ``path`` atomically."""
+        path = Path(path)
+        header = {"format": FORMAT, "transformer": self.network.config.to_dict(), **self.metadata}
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.network.state_dict().items()}
+        if self.style_images is not None:
+            pixels = self.style_images.detach().cpu().reshape(-1, *self.style_images.shape[-2:])
+            tensors[STYLE_IMAGE_KEY] = (pixels * 255).round().to(torch.uint8).contiguous()
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+        return path
+
+
+def training_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
+    """A style model's metadata from the training module's hyper-parameters after ``steps`` steps."""
+    return {"style": hparams.get("style", {}), "loss": hparams.get("loss", {}),
+            "image_size": hparams.get("image_size"), "steps": steps}
+
+
+def _refuse_images(path: Path, head: bytes) -> None:
+    """Raise ModelFileError when ``path`` is a picture (by suffix or its first 12 bytes ``head``) rather than
+    a style model."""
+    if path.suffix.lower() in IMAGE_SUFFIXES or head.startswith(IMAGE_MAGIC) or (head[:4], head[8:]) == (b"RIFF", b"WEBP"):
+        raise ModelFileError(f"{path}: this is an image, not a style model: model= takes a .safetensors style model "
+                             "(e.g. checkpoints/starry_night.safetensors); pass the photo as input=")
+
+
+def _read_safetensors(path: Path) -> tuple[TransformerConfig, dict[str, torch.Tensor], dict[str, Any],
+                                           torch.Tensor | None]:
+    """(architecture, weights, metadata, stored style image uint8 K*3,H,W or None) of a ``.safetensors`` style
+    model. The header is size-checked and validated, and the tensors it lists checked against the network,
+    before any tensor data is read."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    _refuse_images(path, head)
+    header_bytes = int.from_bytes(head[:8], "little") if len(head) >= 8 else None
+    if header_bytes is None or header_bytes > MAX_HEADER_BYTES:
+        raise ModelFileError(f"{path}: not a .safetensors style model (its header is missing or claims "
+                             f"{header_bytes} bytes, more than {MAX_HEADER_BYTES}). " + REEXPORT_HINT)
+    problem = "not a readable .safetensors file"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(METADATA_KEY)
+            stored = {name: _slice_info(handle.get_slice(name)) for name in handle.keys()}
+            transformer, metadata = _parse_header(path, raw)
+            image = stored.pop(STYLE_IMAGE_KEY, None)
+            if image is not None:
+                _check_style_image(path, *image)
+            config = _checked_config(path, transformer, stored)
+            problem = "truncated or corrupt weights"
+            pixels = handle.get_tensor(STYLE_IMAGE_KEY) if image is not None else None
+            state = {name: handle.get_tensor(name) for name in stored}
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: {problem} ({error}). " + REEXPORT_HINT) from error
+    return config, state, metadata, pixels
+
+
+def _parse_header(path: Path, raw: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(transformer settings, metadata) of the fststyle JSON ``raw`` in the header of ``path``, their types and
+    bounds checked; the "format" and "transformer" keys save writes are not part of the metadata."""
+    if raw is None:
+        raise ModelFileError(f"{path}: a .safetensors file without fststyle metadata; "
+                             "export style models with fststyle (train.py writes one at the end of training).")
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ModelFileError(f"{path}: its fststyle metadata is {len(raw)} bytes, more than {MAX_METADATA_BYTES}; "
+                             "not a model fststyle wrote. " + REEXPORT_HINT)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise ModelFileError(f"{path}: its fststyle metadata is not valid JSON ({error}). " + REEXPORT_HINT) from None
+    if not isinstance(header, dict):
+        raise _bad_metadata(path, f"a JSON {type(header).__name__} instead of an object")
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: unsupported style-model format {header.get('format')!r} (expected {FORMAT})")
+    metadata = {k: v for k, v in header.items() if k not in ("format", "transformer")}
+    _check_transformer(path, header.get("transformer"))
+    _check_metadata(path, metadata)
+    return header["transformer"], metadata
+
+
+def _slice_info(view: Any) -> tuple[bool, tuple[int, ...]]:
+    """(is floating point, shape) of a safetensors slice, read from the header (dtype names as in the format)."""
+    return view.get_dtype() in ("F16", "BF16", "F32", "F64"), tuple(view.get_shape())
+
+
+def _bad_metadata(path: Path, what: str) -> ModelFileError:
+    return ModelFileError(f"{path}: bad style-model metadata: {what}. " + REEXPORT_HINT)
+
+
+def _check_transformer(path: Path, transformer: Any) -> None:
+    """Raise ModelFileError unless ``transformer`` maps TransformerConfig fields to values of their types."""
+    if not isinstance(transformer, dict):
+        raise _bad_metadata(path, "no 'transformer' object (the network's architecture)")
+    for key, value in transformer.items():
+        if key not in TRANSFORMER_FIELDS:
+            raise _bad_metadata(path, f"unknown transformer setting {key!r}")
+        if not _has_type(value, TRANSFORMER_FIELDS[key]):
+            raise _bad_metadata(path, f"transformer.{key} is {value!r}, not {TRANSFORMER_FIELDS[key]}")
+
+
+def _check_metadata(path: Path, info: dict[str, Any]) -> None:
+    """Raise ModelFileError unless ``info`` has the types and bounds of the metadata fststyle writes and reads."""
+    def bad(what: str) -> ModelFileError:
+        return _bad_metadata(path, what)
+
+    for key in ("style", "loss"):
+        if not isinstance(info.get(key) or {}, dict):
+            raise bad(f"'{key}' is {type(info[key]).__name__}, not an object")
+    style = info.get("style") or {}
+    for key, value in (("image_size", info.get("image_size")), ("style.size", style.get("size"))):
+        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_IMAGE_SIDE):
+            raise bad(f"{key} is {value!r}, not a side in 1..{MAX_IMAGE_SIDE} px")
+    if info.get("steps") is not None and (not _is_int(info["steps"]) or info["steps"] < 0):
+        raise bad(f"steps is {info['steps']!r}")
+    blend = style.get("blend")
+    if blend is not None and (not isinstance(blend, list) or len(blend) > MAX_STYLES
+                              or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in blend)):
+        raise bad(f"style.blend is {blend!r}, not a list of numbers")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a TransformerConfig annotation (an int is a float; a bool is no number)."""
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return _is_int(value) if annotation == "int" else isinstance(value, str)
+
+
+def _check_style_image(path: Path, floating: bool, shape: tuple[int, ...]) -> None:
+    """The stored style image must be uint8 K*3,H,W with K <= MAX_STYLES and sides <= MAX_IMAGE_SIDE."""
+    if floating or len(shape) != 3 or shape[0] % 3 or not 3 <= shape[0] <= 3 * MAX_STYLES \
+            or not all(1 <= side <= MAX_IMAGE_SIDE for side in shape[1:]):
+        raise ModelFileError(f"{path}: its stored style image has shape {list(shape)} (expected 8-bit 3,H,W with "
+                             f"sides up to {MAX_IMAGE_SIDE} px). " + REEXPORT_HINT)
+
+
+def _checked_config(path: Path, transformer: dict[str, Any],
+                    stored: dict[str, tuple[bool, tuple[int, ...]]]) -> TransformerConfig:
+    """The TransformerConfig of the settings ``transformer`` (types already checked), after checking that ``stored`` (name -> (is floating, shape)) holds
+    exactly the tensors that network has: their names and shapes come from a build on the meta device,
+    which allocates no storage, so nothing is allocated for a network the file cannot fill."""
+    try:
+        config = TransformerConfig(**transformer)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: bad transformer settings in its metadata ({error}). " + REEXPORT_HINT) from None
+    with torch.device("meta"):
+        expected = TransformerNet(config).state_dict()
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = [f"{name} {list(stored[name][1])} instead of {list(tensor.shape)}" for name, tensor in expected.items()
+             if name in stored and (stored[name][1] != tuple(tensor.shape)
+                                    or (tensor.is_floating_point() and not stored[name][0]))]
+    if missing or unexpected or wrong:
+        details = "; ".join(part for part in (
+            f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+            f"{len(wrong)} of another shape or type (e.g. {wrong[0]})" if wrong else "") if part)
+        raise ModelFileError(f"{path}: weights do not match the fststyle transformer its metadata describes "
+                             f"({config}): {details}. " + REEXPORT_HINT)
+    return config
+
+
+def _build(config: TransformerConfig, state: dict[str, torch.Tensor]) -> TransformerNet:
+    """The network of ``config`` with ``state`` loaded (names and shapes already checked by _checked_config)."""
+    model = TransformerNet(config)
+    model.load_state_dict(state)
+    return model
+
+
+def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """The architecture, transformer weights and validated style-model metadata of a training checkpoint,
+    loaded without unpickling code; the hyper-parameters are checked against the weights' names and shapes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol before it refuses a file
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text suggests weights_only=False: advice we must not relay
+        raise ModelFileError(
+            f"{path}: refused: it holds Python objects that a weights-only load does not accept, and a pickle "
+            "carrying code is never run. Only checkpoints written by fststyle's train.py load."
+        ) from error
+    except Exception as error:  # EOFError, RuntimeError (zip) for truncated or foreign files
+        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line}). "
+                             "Only checkpoints written by fststyle's train.py load.") from error
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    prefix = "transformer."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items()
+             if isinstance(k, str) and k.startswith(prefix) and isinstance(v, torch.Tensor)}
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not state or not isinstance(hparams, dict) or not isinstance(hparams.get("transformer"), dict):
+        raise ModelFileError(f"{path}: a Lightning checkpoint without an fststyle transformer")
+    step = checkpoint.get("global_step", 0)
+    metadata = training_metadata(hparams, steps=step if _is_int(step) else 0)
+    _check_transformer(path, hparams["transformer"])
+    _check_metadata(path, metadata)
+    config = _checked_config(path, hparams["transformer"],
+                             {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
+    return config, state, metadata
+
