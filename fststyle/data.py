@@ -51,9 +51,11 @@ def _decode_jpeg(data: torch.Tensor) -> torch.Tensor:
 _TORCHVISION_DECODERS = {"JPEG": _decode_jpeg, "MPO": _decode_jpeg}
 
 
-def _torchvision_decoder(data: bytes, path: str, max_pixels: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The torchvision decoder for the image in `data` once its header passed the size check, or None: let
-    Pillow (images.open_image) decode it. Raises ImageReadError if the header declares more than max_pixels.
+def _torchvision_decoder(data: bytes, path: str,
+                         max_pixels: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], bytes | None] | None:
+    """(the torchvision decoder, the embedded ICC profile or None) for the image in `data` once its header
+    passed the size check, or None: let Pillow (images.open_image) decode it. Raises ImageReadError if the
+    header declares more than max_pixels.
 
     Pillow reads the header only (no pixel data) and names the format; the bytes go to torchvision's decoder
     of that same format, which reads the same header, so the size checked is the size decoded (libjpeg
@@ -73,7 +75,8 @@ def _torchvision_decoder(data: bytes, path: str, max_pixels: int) -> Callable[[t
             f"{path}: image is {width}x{height} pixels, more than max_pixels={max_pixels:,}; "
             "raise max_pixels or remove the file"
         )
-    return _TORCHVISION_DECODERS.get(header.format)
+    decoder = _TORCHVISION_DECODERS.get(header.format)
+    return None if decoder is None else (decoder, header.info.get("icc_profile"))
 
 
 def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
@@ -86,15 +89,16 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
     oversized files.
     """
     data = Path(path).read_bytes()
-    decoder = _torchvision_decoder(data, str(path), max_pixels)
+    torchvision_decoder = _torchvision_decoder(data, str(path), max_pixels)
     try:
-        if decoder is not None:
+        if torchvision_decoder is not None:
+            decoder, icc_profile = torchvision_decoder
             with warnings.catch_warnings():
                 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency yet).
                 warnings.simplefilter("ignore", DeprecationWarning)
                 decoded = decoder(torch.frombuffer(bytearray(data), dtype=torch.uint8))
             if decoded.dtype == torch.uint8:
-                return uint8_to_srgb(decoded, data)
+                return uint8_to_srgb(decoded, icc_profile)
     except RuntimeError:
         pass  # damaged data: Pillow decodes it or names the problem
     rgb, _ = open_image(path, max_pixels=max_pixels)

@@ -113,20 +113,11 @@ def _to_srgb_transform(icc: bytes) -> ImageCms.ImageCmsTransform | None:
     return transform
 
 
-def _embedded_srgb_transform(data: bytes) -> ImageCms.ImageCmsTransform | None:
-    """The to-sRGB transform of the ICC profile embedded in the encoded image `data` (None: nothing to convert)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:  # parses the header (and the profile) only
-            icc = img.info.get("icc_profile")
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
-        return None  # the decoders report what is wrong with the file
-    return _to_srgb_transform(icc) if icc else None
-
-
-def uint8_to_srgb(pixels: torch.Tensor, data: bytes) -> torch.Tensor:
-    """uint8 Tensor[3,H,W] decoded from `data` by a decoder that ignores ICC profiles (torchvision's) -> the
-    pixels converted to sRGB as open_image converts them (the same tensor when no conversion is needed)."""
-    transform = _embedded_srgb_transform(data)
+def uint8_to_srgb(pixels: torch.Tensor, icc_profile: bytes | None) -> torch.Tensor:
+    """uint8 Tensor[3,H,W] decoded by a decoder that ignores ICC profiles (torchvision's), and the file's
+    embedded profile -> the pixels converted to sRGB as open_image converts them (the same tensor when no
+    conversion is needed)."""
+    transform = _to_srgb_transform(icc_profile) if icc_profile else None
     if transform is None:
         return pixels
     converted = transform.apply(Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()))
