@@ -1,34 +1,34 @@
-"""Stylise photos with a trained model (engine=fast), or optimise an image directly (engine=gatys|mrf).
+"""The command line of fststyle 0.1, kept for the scripts that use it: ``fststyle stylize|optimize|compare|
+export`` is the same job with paths as ordinary arguments (``fststyle --help``).
 
-    python infer.py model=checkpoints/starry_night.safetensors input=photo.jpg output=out.jpg
-    python infer.py engine=gatys content=photo.jpg style=starry.jpg output=out.png
-    python infer.py --config-name compare model=... input=photos/ engines='[fast,gatys,mrf]' output=cmp/
+    python infer.py model=checkpoints/starry_night.safetensors input=photo.jpg output=out.jpg   # fststyle stylize
+    python infer.py engine=gatys content=photo.jpg style=starry.jpg output=out.png              # fststyle optimize
+    python infer.py --config-name compare model=... input=photos/ output=cmp/                  # fststyle compare
+    python infer.py model=... export=onnx output=model.onnx                                    # fststyle export
 
 Exit status: 0 done, 1 some inputs failed, 2 a user error (one line naming the fix).
 """
 
 import sys
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
-from fststyle.cli import command_line, run_job
-
-CONFIG_DIR = Path(__file__).parent / "conf"
+from fststyle.cli.main import main
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="infer")
-def main(cfg: DictConfig) -> None:
-    if cfg.get("engines") is not None:
-        from fststyle.compare import run
-    elif cfg.engine.name == "fast":
-        from fststyle.stylize import run
-    else:
-        from fststyle.optimize import run
-    run_job(lambda: run(cfg))
+def command(arguments: list[str]) -> list[str]:
+    """The ``fststyle`` command line that an ``infer.py`` command line stands for."""
+    for flag in ("--config-name", "-cn"):
+        if flag in arguments[:-1] and arguments[arguments.index(flag) + 1] == "compare":
+            at = arguments.index(flag)
+            return ["compare", *arguments[:at], *arguments[at + 2:]]
+    if "--config-name=compare" in arguments:
+        return ["compare", *(a for a in arguments if a != "--config-name=compare")]
+    if any(a in ("engine=gatys", "engine=mrf") for a in arguments):  # content= is optimize's input=
+        return ["optimize", *("input=" + a[len("content="):] if a.startswith("content=") else a for a in arguments)]
+    exports = [a for a in arguments if a.startswith("export=")]
+    if exports:  # export=onnx is export's format=onnx
+        return ["export", *("format=" + a[len("export="):] if a in exports else a for a in arguments)]
+    return ["stylize", *(a for a in arguments if a != "engine=fast")]
 
 
 if __name__ == "__main__":
-    sys.argv = command_line(sys.argv, CONFIG_DIR, "infer")
-    main()
+    main(command(sys.argv[1:]))

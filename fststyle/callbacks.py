@@ -13,11 +13,16 @@ import pytorch_lightning as pl
 import torch
 
 from fststyle import optimize
-from fststyle.images import list_images, load_image
+from fststyle.bundled import bundled_path
+from fststyle.images import image_files, load_image
 from fststyle.losses import LOSS_TERMS
 
 log = logging.getLogger(__name__)
 
+
+
+#: the held-out photos the training previews show (data/preview)
+PREVIEW_PHOTOS = bundled_path("data/preview")
 
 
 class GatysGapCallback(pl.Callback):
@@ -31,12 +36,12 @@ class GatysGapCallback(pl.Callback):
     ``gatys_ratio/<term>`` = fast / reference (1 = as good as the optimisation). ``gatys_reference/<term>`` is logged once at the start.
     """
 
-    def __init__(self, photos: str | Path | Sequence[str | Path] = "data/preview", every_n_steps: int = 500,
+    def __init__(self, photos: str | Path | Sequence[str | Path] = PREVIEW_PHOTOS, every_n_steps: int = 500,
                  image_size: int = 256, settings: Mapping[str, Any] | None = None, progress: bool = True) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.photos = photos
-        self.photo_paths = _photo_paths(photos)
+        self.photo_paths = image_files(photos, "GatysGapCallback photos")
         self.every_n_steps = every_n_steps
         self.image_size = image_size
         self.settings = optimize.settings_from_config(dict(settings or {}))
@@ -87,20 +92,6 @@ class GatysGapCallback(pl.Callback):
         metrics.update({f"gatys_ratio/{term}": fast[term] / self._reference[term]
                         for term in LOSS_TERMS if self._reference.get(term)})
         return metrics
-
-
-def _photo_paths(photos: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A folder (its images), one image, or a list of images -> existing image paths."""
-    if isinstance(photos, (str, Path)):
-        path = Path(photos)
-        paths = list_images(path) if path.is_dir() else [path]
-    else:
-        paths = [Path(p) for p in photos]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if not paths or missing:
-        raise ValueError(f"GatysGapCallback: no preview photos in {photos} (missing: {missing}); set "
-                         "photos= to a folder of images or a list of image files")
-    return paths
 
 
 def _mean_terms(terms: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:

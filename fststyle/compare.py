@@ -12,9 +12,7 @@ import dataclasses
 import json
 import logging
 import math
-import platform
-import shlex
-import sys
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,19 +22,16 @@ import torch
 from tqdm import tqdm
 
 from fststyle import optimize
+from fststyle.devices import device_name
 from fststyle.errors import UserError
 from fststyle.files import (
     atomic_write_json,
     atomic_write_text,
-    check_writable,
     mark_output_folder,
-    refuse_overwriting_inputs,
 )
 from fststyle.images import (
-    IMAGE_SUFFIXES,
     ImageReadError,
     labelled_grid,
-    list_images,
     load_image,
     pil_to_tensor,
     resize_image,
@@ -46,7 +41,7 @@ from fststyle.images import (
 from fststyle.losses import LOSS_TERMS, PerceptualLoss
 from fststyle.memory import PeakMemory
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer, resolve_device
+from fststyle.stylize import Stylizer
 from fststyle.vgg import WEIGHT_SOURCES, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -173,9 +168,13 @@ class _Engines:
         return result.image, result.seconds, result.peak_memory_bytes
 
 
-def _photo_names(photos: Sequence[Path], root: Path | None) -> list[str]:
-    """Unique output names (relative path without suffix; the suffix is kept where two would collide)."""
-    relative = [p.relative_to(root) if root is not None else Path(p.name) for p in photos]
+def photo_names(photos: Sequence[Path], root: Path | None) -> list[str]:
+    """Unique output names: the path under ``root`` (else under the photos' common folder) without suffix;
+    the suffix is kept where two would collide."""
+    if root is None:
+        root = Path(os.path.commonpath([p.absolute().parent for p in photos])) if photos else Path()
+        photos = [p.absolute() for p in photos]
+    relative = [p.relative_to(root) for p in photos]
     stems = [r.with_suffix("").as_posix() for r in relative]
     return [s if stems.count(s) == 1 else r.as_posix().replace(".", "_") for s, r in zip(stems, relative, strict=True)]
 
@@ -241,7 +240,7 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
     size = int(image_size or metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
     runner = _Engines(record, engines, engine_configs, styles, blend, size, device, seed, progress)
     photos = [Path(p) for p in photos]
-    names = _photo_names(photos, Path(photo_root) if photo_root is not None else None)
+    names = photo_names(photos, Path(photo_root) if photo_root is not None else None)
     mark_output_folder(output, [model, *photos])
 
     rows, failures, strips = [], [], []
@@ -276,7 +275,7 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
     report = {
         "model": {"path": str(model), **{k: metadata.get(k) for k in ("style", "steps", "image_size", "loss")}},
         "image_size": size,
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "engines": engines,
         "engine_settings": {name: runner.settings[name] for name in engines},
@@ -333,12 +332,6 @@ def column_labels(style_count: int, engines: Sequence[str]) -> list[str]:
     """Column labels of the strips and the overview: content, the style image(s), then each engine."""
     styles = ["style"] if style_count == 1 else [f"style {i + 1}" for i in range(style_count)]
     return ["content", *styles, *engines]
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _fmt(value: float | None) -> str:
@@ -417,42 +410,3 @@ def planned_outputs(output: Path, engines: Sequence[str], names: Sequence[str]) 
     files = [output / engine_image(engine, name) for engine in engines for name in names]
     files += [output / strip_image(name) for name in names]
     return [*files, *(output / report_file for report_file in REPORT_FILES)]
-
-
-def run(cfg: Any) -> int:
-    """Hydra adapter for ``infer.py --config-name compare``: 0 when every photo was compared, 1 otherwise.
-    The output folder is checked (writable, not an input, no file in it an input) before any model is loaded."""
-    from omegaconf import OmegaConf
-
-    if cfg.get("model") is None or cfg.get("input") is None:
-        raise ComparisonError("compare needs model=<style model .safetensors> and input=<photo or folder>")
-    source = Path(cfg.input)
-    if source.is_dir():
-        photos, root = list_images(source), source
-        if not photos:
-            raise ComparisonError(f"no images found in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    elif source.exists():
-        photos, root = [source], None
-    else:
-        raise ComparisonError(f"input not found: {source}; pass input=<photo or folder of photos>")
-    engines = [cfg.engines] if isinstance(cfg.engines, str) else list(cfg.engines)
-    configs = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in engines
-               if name != "fast" and cfg.get(name) is not None}
-    provenance = {"command": "python " + shlex.join(sys.argv), "config": OmegaConf.to_container(cfg, resolve=True)}
-    output = Path(cfg.output or "compare_out")
-    check_engines(engines, configs)
-    if not Path(cfg.model).is_file():
-        raise ComparisonError(f"model not found: {cfg.model}; pass model=path/to/style.safetensors")
-    check_writable(output, folder=True)
-    style_paths = [cfg.style] if isinstance(cfg.style, str) else cfg.style
-    inputs = [source, Path(cfg.model), *photos, *map(Path, style_paths or [])]
-    refuse_overwriting_inputs(inputs, [output, *planned_outputs(output, engines, _photo_names(photos, root))])
-    report = compare(cfg.model, photos, output, engines=engines, engine_configs=configs,
-                     image_size=cfg.get("image_size"), device=resolve_device(str(cfg.device)), seed=int(cfg.seed),
-                     cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance,
-                     style_paths=style_paths, loss_weights=cfg.get("loss_weights"))
-    log.info("wrote %s and %s", output / "report.md", output / "report.json")
-    if report["failures"]:
-        log.error("%d failures on %d photos (listed in report.md)", len(report["failures"]), len(photos))
-        return 1
-    return 0

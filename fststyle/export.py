@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from fststyle.bundled import bundled_path, find_model
 from fststyle.errors import UserError
 from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
 from fststyle.style_model import ModelFileError, StyleModel
@@ -60,7 +61,7 @@ def _require_onnx_exporter() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise UserError(f"export=onnx needs {' and '.join(missing)}, which are not installed: "
+        raise UserError(f"format=onnx needs {' and '.join(missing)}, which are not installed: "
                         'pip install "fststyle[onnx]"')
 
 
@@ -75,22 +76,26 @@ def export_torchscript(model: StyleModel | str | Path, out: str | Path) -> Path:
 
 
 def export_model(model_path: str | Path, kind: str, out: str | Path | None = None) -> Path:
-    """``kind`` in onnx | torchscript | safetensors (the last from a training ``.ckpt``); ``out`` defaults to
-    the model path with the format's suffix."""
+    """``kind`` in onnx | torchscript | safetensors (the last from a training ``.ckpt``) of the model file or
+    shipped model named ``model_path``; ``out`` defaults to the model path with the format's suffix (for a
+    shipped model: its name, in the working directory)."""
     if kind not in EXPORT_SUFFIXES:
-        raise UserError(f"export={kind!r} is not a format; use one of {sorted(EXPORT_SUFFIXES)}")
-    model_path = Path(model_path)
+        raise UserError(f"format={kind!r} is not a format; use one of {sorted(EXPORT_SUFFIXES)}")
+    model_path = find_model(model_path)
     if not model_path.is_file():
-        raise ModelFileError(f"style model not found: {model_path}; pass model=path/to/style.safetensors")
+        raise ModelFileError(f"style model not found: {model_path}; pass a shipped model's name (fststyle models) "
+                             "or a .safetensors / .ckpt file")
     suffix = EXPORT_SUFFIXES[kind]
-    out = Path(out) if out is not None else model_path.with_suffix(suffix)
+    shipped = Path(model_path).parent == bundled_path("checkpoints")
+    default = Path(model_path.stem + suffix) if shipped else model_path.with_suffix(suffix)
+    out = Path(out) if out is not None else default
     refuse_overwriting_inputs([model_path], [out])
     if out.suffix != suffix:
-        raise UserError(f"export={kind} writes a {suffix} file, but output={out} ends in {out.suffix!r}; "
+        raise UserError(f"format={kind} writes a {suffix} file, but output={out} ends in {out.suffix!r}; "
                         f"e.g. output={out.with_suffix(suffix)}")
     check_writable(out)
     if kind == "safetensors" and model_path.suffix != ".ckpt":
-        raise UserError(f"export=safetensors converts a training .ckpt; {model_path} is already a style model")
+        raise UserError(f"format=safetensors converts a training .ckpt; {model_path} is already a style model")
     if kind == "onnx":
         _require_onnx_exporter()
     model = StyleModel.load(model_path)

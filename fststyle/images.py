@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
-from fststyle.errors import UserError
+from fststyle.errors import InputNotFoundError, UserError
 from fststyle.files import OUTPUT_MARKER, atomic_write
 
 # Pillow raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS (= 178,956,970 pixels, about
@@ -369,6 +369,28 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
             if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 found.append(path)
     return sorted(found)
+
+
+def image_files(sources: str | os.PathLike | Sequence[str | os.PathLike], setting: str = "input") -> list[Path]:
+    """The image files ``sources`` names: each one a file, or a folder (its images, as ``list_images``).
+
+    Raises InputNotFoundError naming ``setting`` for a source that does not exist or a folder without images."""
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise InputNotFoundError(f"{setting}: no images in {item} (looked for "
+                                         f"{', '.join(sorted(IMAGE_SUFFIXES))}); pass a folder of photos")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise InputNotFoundError(f"{setting} not found: {item}; pass an image file or a folder of images")
+    if not files:
+        raise InputNotFoundError(f"{setting}: no image given; pass an image file or a folder of images")
+    return files
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

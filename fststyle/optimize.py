@@ -2,8 +2,8 @@
 
 Gatys, Ecker & Bethge 2016 ("Image Style Transfer Using Convolutional Neural Networks") with the Gram loss,
 Li & Wand 2016 (CNNMRF) with the MRF loss; coarse-to-fine pyramid (CNNMRF), several styles with blend weights,
-colour preservation and spatial masks (Gatys et al. 2017). The core is plain PyTorch; ``run(cfg)`` is the thin
-Hydra adapter behind ``python infer.py engine=gatys|mrf``.
+colour preservation and spatial masks (Gatys et al. 2017). Plain PyTorch; ``fststyle optimize``
+(fststyle/cli/jobs.py) is the command line over it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fststyle.color import match_luminance, preserve_colors
-from fststyle.errors import InputNotFoundError, UserError
-from fststyle.files import atomic_write_json, check_writable, mark_output_folder, refuse_overwriting_inputs
+from fststyle.errors import UserError
 from fststyle.images import longer_side_size
 from fststyle.losses import (
     LOSS_TERMS,
@@ -30,7 +29,6 @@ from fststyle.losses import (
     MRFStyleLoss,
     PerceptualLoss,
     SpatialGramStyleLoss,
-    blend_weights,
 )
 from fststyle.losses.mrf import PatchSizeError
 from fststyle.memory import PeakMemory
@@ -431,18 +429,7 @@ def _optimize(content: torch.Tensor, styles: list[torch.Tensor], loss: Perceptua
     return result, recorder.history, final_terms, recorder.evaluations
 
 
-def _paths(value: Any, what: str) -> list[Path]:
-    """A config value (one path or a list of paths) -> existing files, or a clear error naming the fix."""
-    items = [value] if isinstance(value, (str, Path)) else list(value)
-    paths = [Path(str(item)) for item in items]
-    for path in paths:
-        if not path.is_file():
-            raise InputNotFoundError(f"{what} file not found: {path}. Fix: pass {what}=/path/to/image.jpg "
-                                    f"(a list for several: {what}='[a.jpg,b.jpg]')")
-    return paths
-
-
-def _step_images(settings: OptimizeSettings) -> list[Path]:
+def step_images(settings: OptimizeSettings) -> list[Path]:
     """The intermediate images ``save_every`` writes into ``save_dir`` (none when it is 0)."""
     if not settings.save_every:
         return []
@@ -451,86 +438,4 @@ def _step_images(settings: OptimizeSettings) -> list[Path]:
                                                                               settings.save_every)]
 
 
-def run(cfg: Any) -> int:
-    """Hydra adapter for ``python infer.py engine=gatys|mrf content=... style=... output=...``.
-
-    Every user error (missing key or file, bad setting, output suffix, an output that is an input, an
-    unwritable folder) is raised as UserError before the VGG is loaded."""
-    from omegaconf import OmegaConf
-
-    from fststyle.images import check_image_suffix, check_jpeg_quality, load_image, save_image
-    from fststyle.stylize import resolve_device
-
-    for key in ("content", "style", "output"):
-        if cfg.get(key) is None:
-            raise UserError(f"engine={cfg.engine.name} needs {key}=...: e.g. python infer.py engine="
-                            f"{cfg.engine.name} content=photo.jpg style=painting.jpg output=out.png")
-    engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    output = check_image_suffix(cfg.output)
-    report_path = output.with_suffix(".json")
-    quality = check_jpeg_quality(cfg.jpeg_quality)
-    settings = settings_from_config({**engine, "preserve_color": bool(cfg.preserve_color), "seed": int(cfg.seed),
-                                     "save_dir": engine.get("save_dir") or str(output.with_name(output.stem + "_steps"))})
-    content_path = _paths(cfg.content, "content")[0]
-    style_paths = _paths(cfg.style, "style")
-    mask_paths = _paths(cfg.content_masks, "content_masks") if cfg.get("content_masks") is not None else None
-    style_mask_paths = _paths(cfg.style_masks, "style_masks") if cfg.get("style_masks") is not None else None
-    init_paths = [] if settings.init in INITS else [Path(settings.init)]
-    if init_paths and not init_paths[0].is_file():
-        raise InputNotFoundError(f"engine.init={settings.init!r} is neither one of {', '.join(INITS)} nor an existing "
-                                 "image file; e.g. engine.init=noise or engine.init=start.png")
-    for what, paths in (("content_masks", mask_paths), ("style_masks", style_mask_paths)):
-        if paths is not None and len(paths) != len(style_paths):
-            raise UserError(f"got {len(style_paths)} styles but {len(paths)} {what}: give one mask per style, "
-                            f"in the same order, e.g. style='[sky.jpg,sea.jpg]' {what}='[sky.png,sea.png]'")
-    blend = list(cfg.style_blend) if cfg.get("style_blend") is not None else None
-    if blend is not None and mask_paths is not None:
-        raise UserError("style_blend and content_masks exclude each other: with masks, each region gets its own "
-                        "style; drop style_blend=")
-    if blend is not None:
-        try:
-            blend_weights(len(style_paths), blend)
-        except ValueError as error:
-            raise UserError(f"style_blend: {error}, e.g. style_blend='[0.7,0.3]' for two styles") from None
-    inputs = [content_path, *style_paths, *(mask_paths or []), *(style_mask_paths or []), *init_paths]
-    step_images = _step_images(settings)
-    refuse_overwriting_inputs(inputs, [output, report_path, *step_images])
-    for path in (output, *step_images[:1]):
-        check_writable(path)
-
-    device = resolve_device(str(cfg.device))
-    loss = build_loss(engine).to(device)
-    content = load_image(content_path, settings.image_size)
-    style_side = ImagePyramid.style_side(settings.image_size, settings.style_scale)
-    styles = [load_image(path, style_side) for path in style_paths]
-    masks = [load_image(path) for path in mask_paths] if mask_paths else None
-    style_masks = [load_image(path) for path in style_mask_paths] if style_mask_paths else None
-    if step_images:
-        mark_output_folder(settings.save_dir, inputs)
-    result = optimize_image(content, styles, loss, settings, style_blend=blend, content_masks=masks,
-                            style_masks=style_masks)
-    save_image(result.image, output, quality=quality)
-    report = {
-        "engine": cfg.engine.name,
-        "content": str(content_path),
-        "style": [str(p) for p in style_paths],
-        "style_blend": blend,
-        "content_masks": [str(p) for p in mask_paths] if mask_paths else None,
-        "style_masks": [str(p) for p in style_mask_paths] if style_mask_paths else None,
-        "device": str(device),
-        "settings": dataclasses.asdict(settings),
-        "loss": engine["loss"],
-        "seconds": result.seconds,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "evaluations": result.evaluations,
-        "start": result.history[0] if result.history else {},
-        "final": result.final_terms,
-        "history": result.history,
-    }
-    atomic_write_json(report_path, report)
-    print(f"wrote {output} and {report_path.name} ({result.seconds:.1f} s, "
-          f"final loss {result.final_terms.get('total', float('nan')):.4g})")
-    return 0
-
-
-__all__ = ["ImagePyramid", "OptimizationResult", "PyramidLevel", "OptimizeSettings", "build_loss", "optimize_image", "run", "settings_from_config"]
+__all__ = ["ImagePyramid", "OptimizationResult", "PyramidLevel", "OptimizeSettings", "build_loss", "optimize_image", "settings_from_config", "step_images"]

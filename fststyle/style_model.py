@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fststyle.bundled import find_model
 from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.images import IMAGE_SUFFIXES
@@ -25,7 +26,7 @@ from fststyle.transformer import TransformerConfig, TransformerNet
 FORMAT = "fststyle.style-model/1"
 METADATA_KEY = "fststyle"
 STYLE_IMAGE_KEY = "style_image"
-REEXPORT_HINT = "Re-export it with `python infer.py export=safetensors model=<run>.ckpt`."
+REEXPORT_HINT = "Re-export it with `fststyle export <run>/checkpoints/last.ckpt format=safetensors`."
 
 #: fststyle's own metadata is under 1 KB (architecture, style, loss settings, steps); 1 MiB leaves room
 #: for any later fields and refuses a header that would make the JSON parser hold a large document
@@ -64,14 +65,15 @@ class StyleModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> StyleModel:
-        """A ``.safetensors`` style model or a Lightning ``.ckpt`` (weights-only; no style image), network in
-        eval mode on ``device``.
+        """A ``.safetensors`` style model, a Lightning ``.ckpt`` (weights-only; no style image) or the name of a
+        shipped model (``starry_night``), network in eval mode on ``device``.
 
         The header size, the metadata and the stored tensors' names and shapes are checked against the network
         it describes before anything is allocated: a file cannot make us build a network its weights do not fill."""
-        path = Path(path)
+        path = find_model(path)
         if not path.is_file():
-            raise ModelFileError(f"style model not found: {path}")
+            raise ModelFileError(f"style model not found: {path}; pass a .safetensors file or the name of a shipped "
+                                 "model (fststyle models lists them)")
         if path.suffix == ".ckpt":
             config, state, metadata = _read_checkpoint(path)
             pixels = None
@@ -94,10 +96,11 @@ class StyleModel:
         return path
 
 
-def training_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
-    """A style model's metadata from the training module's hyper-parameters after ``steps`` steps."""
+def training_metadata(hparams: dict[str, Any], steps: int, hardware: str | None = None) -> dict[str, Any]:
+    """A style model's metadata from the training module's hyper-parameters after ``steps`` steps on
+    ``hardware`` (what ``fststyle models`` shows, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3) x 8``)."""
     return {"style": hparams.get("style", {}), "loss": hparams.get("loss", {}),
-            "image_size": hparams.get("image_size"), "steps": steps}
+            "image_size": hparams.get("image_size"), "steps": steps, "hardware": hardware}
 
 
 def _refuse_images(path: Path, head: bytes) -> None:
@@ -195,6 +198,8 @@ def _check_metadata(path: Path, info: dict[str, Any]) -> None:
             raise bad(f"{key} is {value!r}, not a side in 1..{MAX_IMAGE_SIDE} px")
     if info.get("steps") is not None and (not _is_int(info["steps"]) or info["steps"] < 0):
         raise bad(f"steps is {info['steps']!r}")
+    if info.get("hardware") is not None and not isinstance(info["hardware"], str):
+        raise bad(f"hardware is {type(info['hardware']).__name__}, not a string")
     blend = style.get("blend")
     if blend is not None and (not isinstance(blend, list) or len(blend) > MAX_STYLES
                               or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in blend)):

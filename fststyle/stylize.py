@@ -4,8 +4,7 @@
     stylised = stylizer(Image.open("photo.jpg"))          # PIL in, PIL out (alpha carried over)
     batch = stylizer(torch.rand(2, 3, 480, 640))           # N,3,H,W in [0,1] in, same shape out
 
-The core (``Stylizer``, ``stylize_file``, ``stylize_folder``) is plain PyTorch; ``run(cfg)`` is the thin
-Hydra adapter that ``infer.py`` calls for ``engine=fast``.
+Plain PyTorch; ``fststyle stylize`` (fststyle/cli/jobs.py) is the command line over it.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fststyle.color import preserve_colors
+from fststyle.devices import resolve_device
 from fststyle.errors import InputNotFoundError, UserError
 from fststyle.files import check_writable, mark_output_folder, refuse_overwriting_inputs
 from fststyle.images import (
@@ -31,11 +31,9 @@ from fststyle.images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     check_image_suffix,
-    check_jpeg_quality,
     labelled_grid,
     list_images,
     longer_side_size,
-    open_image,
     pil_to_tensor,
     read_photo,
     save_image,
@@ -59,22 +57,6 @@ MIN_TILE = 4 * RECEPTIVE_RADIUS
 #: longer side of the statistics pass for tiled images: exact statistics up to 2048 px (a full-width pass
 #: there holds a few 512 MiB activation tensors, estimated); larger images use a downscale (docs/stylize.md)
 DEFAULT_STATISTICS_SIZE = 2048
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise UserError(f"device={device} is not a device ({error}); use device=auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device} asked for, but PyTorch sees no CUDA GPU; use device=cpu or device=auto")
-    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"device={device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); "
-                        f"use device=cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -302,7 +284,7 @@ class FolderReport:
 def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, batch_size: int = 4,
                    max_pixels: int = DEFAULT_MAX_PIXELS, grid: str | Path | None = None,
                    grid_cell_height: int = 256, quality: int = DEFAULT_JPEG_QUALITY,
-                   skip_existing: bool = False) -> FolderReport:
+                   skip_existing: bool = False, images: Sequence[Path] | None = None) -> FolderReport:
     """Stylise every image under ``source`` (recursive) into the same relative paths under ``target``.
 
     Images of equal size run together in batches of up to ``batch_size``. A file that cannot be read or
@@ -310,9 +292,10 @@ def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, b
     (photo | stylised) grid of every processed image there. ``skip_existing``: leave outputs that are already
     there (writes are atomic, so they are complete) and stylise only the rest, to resume an interrupted run.
     Refuses (before any work) to write onto an input; ``target`` is marked as an output folder, so it may
-    lie inside ``source`` without becoming an input of a later run."""
+    lie inside ``source`` without becoming an input of a later run. ``images``: the list ``check_folder_job``
+    returned for these arguments, when the caller checked them already (else they are checked here)."""
     source, target = Path(source), Path(target)
-    paths = check_folder_job(source, target, grid)
+    paths = list(images) if images is not None else check_folder_job(source, target, grid)
     mark_output_folder(target, [source])
     report = FolderReport()
     thumbnails: list[tuple[str, Image.Image, Image.Image]] = []
@@ -392,56 +375,3 @@ def default_output(source: Path, style_name: str) -> Path:
     if source.is_dir():
         return source.with_name(f"{source.name}_{style_name}")
     return source.with_name(f"{source.stem}_{style_name}{source.suffix}")
-
-
-def _load_stylizer(cfg: Any) -> Stylizer:
-    """The ``Stylizer`` that the ``infer.yaml`` keys describe."""
-    return Stylizer.load(
-        cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-        strength=cfg.strength, preserve_color=cfg.preserve_color, compile=cfg.compile,
-        statistics_size=cfg.tile_statistics_size,
-    )
-
-
-def run(cfg: Any) -> int:
-    """Hydra adapter for ``infer.py engine=fast``: stylise ``input`` (file or folder) or ``export`` ``model``.
-    Returns the process exit status: 0 on success, 1 when any image of a folder failed; raises UserError for
-    unusable settings, checked (with an explicit ``output``) before the model is loaded."""
-    from fststyle.export import export_model
-
-    if cfg.model is None:
-        raise UserError("no style model given: add model=path/to/style.safetensors "
-                        "(e.g. model=checkpoints/starry_night.safetensors)")
-    if cfg.get("export"):
-        log.info("wrote %s", export_model(cfg.model, cfg.export, cfg.output))
-        return 0
-    if cfg.input is None:
-        raise UserError("nothing to stylise: add input=photo.jpg or input=photos/")
-    source = Path(cfg.input)
-    if not source.exists():
-        raise InputNotFoundError(f"input not found: {source}; pass input=<photo or folder of photos>")
-    quality = check_jpeg_quality(cfg.jpeg_quality)
-    max_pixels = cfg.max_pixels if cfg.max_pixels is not None else DEFAULT_MAX_PIXELS
-    stylizer = None if cfg.output is not None else _load_stylizer(cfg)  # the default output names the style
-    output = Path(cfg.output) if cfg.output is not None else default_output(source, stylizer.style_name)
-    if source.is_dir():
-        check_folder_job(source, output, cfg.grid)
-        report = stylize_folder(stylizer or _load_stylizer(cfg), source, output, batch_size=cfg.batch_size,
-                                max_pixels=max_pixels, grid=cfg.grid, quality=quality,
-                                skip_existing=cfg.skip_existing)
-        log.info("%s", report.summary())
-        return 1 if report.failed else 0
-    if output.is_dir() or str(cfg.output or "").endswith(("/", "\\")):
-        output = output / source.name
-    check_file_job(source, output, cfg.grid)
-    if cfg.skip_existing and output.exists():
-        log.info("skipped %s: it exists (skip_existing=true)", output)
-        return 0
-    stylizer = stylizer or _load_stylizer(cfg)
-    start = time.perf_counter()
-    stylize_file(stylizer, source, output, max_pixels=max_pixels, quality=quality)
-    log.info("wrote %s in %.2f s", output, time.perf_counter() - start)
-    if cfg.grid is not None:
-        write_grid([(open_image(source, max_pixels=max_pixels)[0], open_image(output)[0])], [source.name],
-                   cfg.grid, stylizer.style_name)
-    return 0

@@ -29,9 +29,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from fststyle.data import StyleDataModule
+from fststyle.devices import device_name
 from fststyle.errors import UserError
 from fststyle.files import atomic_write
-from fststyle.images import list_images
+from fststyle.images import image_files
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 from fststyle.style_model import StyleModel, training_metadata
 
@@ -267,10 +268,7 @@ def data_module(data: dict[str, Any]) -> StyleDataModule:
     # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
     data["root"] = str(_path(data["root"], "training images (data.root)"))
     preview = data.get("preview") or []
-    if isinstance(preview, str | os.PathLike):
-        folder = _path(preview, "preview folder (data.preview)")
-        preview = list_images(folder) if folder.is_dir() else [folder]
-    data["preview"] = [str(_path(p, "preview photo (data.preview)")) for p in preview]
+    data["preview"] = [str(p.resolve()) for p in image_files(preview, "preview folder (data.preview)")] if preview else []
     if data.get("cache_dir") is not None:
         data["cache_dir"] = str(_path(data["cache_dir"], "cache_dir", must_exist=False))
     return StyleDataModule(**data)
@@ -334,7 +332,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
         model_path = None
         if trainer.is_global_zero:
-            model_path = _export(cfg, module, run_dir, trainer.global_step)
+            model_path = _export(cfg, module, run_dir, trainer.global_step, trainer.world_size)
             skipped = module.skipped_images_total
             print(f"\nRun directory: {run_dir}\n"
                   f"TensorBoard:   tensorboard --logdir {run_dir}\n"
@@ -351,10 +349,11 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total, module)
 
 
-def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int) -> Path:
+def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, world_size: int) -> Path:
     """Write the transformer as a ``.safetensors`` style model with its metadata (and single style image)."""
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
     style_images = module.style_images[0] if len(module.style_images) == 1 else None
-    return StyleModel(module.transformer, training_metadata(dict(hparams), steps), style_images).save(path)
+    hardware = device_name(module.device) + (f" x {world_size}" if world_size > 1 else "")
+    return StyleModel(module.transformer, training_metadata(dict(hparams), steps, hardware), style_images).save(path)

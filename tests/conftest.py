@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from fststyle.cli.config import compose as compose_job
 from fststyle.training import plain_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,8 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def compose_config(config_name: str, *overrides: str) -> DictConfig:
     """conf/<config_name>.yaml composed with ``overrides``, as the command line composes it."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    return compose_job(config_name, overrides)
 
 
 def tiny_train_overrides() -> list[str]:

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fststyle.bundled import bundled_path
 from fststyle.callbacks import GatysGapCallback
 from fststyle.data import StyleDataModule
 from fststyle.images import load_image
@@ -69,7 +70,7 @@ def test_train_config_adds_the_callback_with_plus_callbacks(compose):
     cfg = compose("train", "+callbacks=gatys_gap", "callbacks.gatys_gap.every_n_steps=7")
     callback = instantiate(cfg.callbacks.gatys_gap)
     assert isinstance(callback, GatysGapCallback) and callback.every_n_steps == 7
-    assert callback.settings.steps == 500 and callback.photos == "data/preview"
+    assert callback.settings.steps == 500 and Path(callback.photos) == bundled_path("data/preview")
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -79,7 +80,7 @@ def test_bad_arguments_are_named(tmp_path):
         GatysGapCallback(settings={"stpes": 3})
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no preview photos in .*empty"):
+    with pytest.raises(ValueError, match="no images in .*empty"):
         GatysGapCallback(photos=empty)
-    with pytest.raises(ValueError, match="missing: .*nope.jpg"):
+    with pytest.raises(ValueError, match="not found: .*nope.jpg"):
         GatysGapCallback(photos=[tmp_path / "nope.jpg"])

@@ -44,13 +44,13 @@ def test_only_plain_path_values_are_quoted() -> None:
 
 
 @pytest.mark.parametrize(("script", "arguments", "message"), [
-    ("infer", ["modle=m.safetensors"], "unknown setting 'modle': did you mean model?"),
-    ("infer", ["engine=gatys", "gatys.steps=3"], "unknown setting 'gatys.steps': did you mean engine.steps?"),
-    ("infer", ["--config-name", "compare", "gatys.stpes=3"], "did you mean gatys.steps?"),
-    ("infer", ["engine=gatsy"], "unknown choice 'engine=gatsy': engine is one of fast, gatys, mrf"),
+    ("stylize", ["modle=m.safetensors"], "unknown setting 'modle': did you mean model?"),
+    ("optimize", ["engine=gatys", "gatys.steps=3"], "unknown setting 'gatys.steps': did you mean engine.steps?"),
+    ("compare", ["gatys.stpes=3"], "did you mean gatys.steps?"),
+    ("optimize", ["engine=gatsy"], "unknown choice 'engine=gatsy': engine is one of gatys, mrf"),
     ("train", ["experiment=demo", "trainer.max_step=3"], "did you mean trainer.max_steps?"),
     ("train", ["loss.content_layers.relu3_3=1"], "to add one, write +loss.content_layers.relu3_3=1"),
-    ("infer", ["strength=a(b"], "quote a value with special characters: \"strength='a(b'\""),
+    ("stylize", ["strength=a(b"], "quote a value with special characters: \"strength='a(b'\""),
 ])
 def test_bad_overrides_are_refused_with_the_fix(script: str, arguments: list[str], message: str) -> None:
     with pytest.raises(UserError) as caught:
@@ -61,7 +61,7 @@ def test_bad_overrides_are_refused_with_the_fix(script: str, arguments: list[str
 
 def test_help_and_sweeps_go_to_hydra_untouched() -> None:
     for arguments in (["--help"], ["--multirun", "input=a,b.jpg"]):
-        assert prepare_command_line(["infer.py", *arguments], CONF, "infer") == ["infer.py", *arguments]
+        assert prepare_command_line(["infer.py", *arguments], CONF, "stylize") == ["infer.py", *arguments]
 
 
 @pytest.mark.parametrize(("script", "message"), [

@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
+from fststyle.cli import jobs
 from fststyle.data import read_rgb_uint8
 from fststyle.images import load_image, open_image, read_photo, save_image
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer, run, stylize_file
+from fststyle.stylize import Stylizer, stylize_file
 from fststyle.transformer import TransformerNet
 
 # CIE 1931 xy chromaticities: Display P3 (Apple; SMPTE EG 432-1 primaries with a D65 white) and sRGB (IEC 61966-2-1)
@@ -198,9 +199,9 @@ def test_jpeg_quality_setting_reaches_the_written_jpeg(compose, tmp_path: Path) 
     model = StyleModel(TransformerNet(width=0.25, residual_blocks=1), {"style": {"name": "t"}}).save(
         tmp_path / "m.safetensors")
     Image.fromarray(p3_test_pixels()).save(tmp_path / "photo.png")
-    cfg = compose("infer", f"model={model}", f"input={tmp_path / 'photo.png'}", f"output={tmp_path / 'out.jpg'}",
+    cfg = compose("stylize", f"model={model}", f"input={tmp_path / 'photo.png'}", f"output={tmp_path / 'out.jpg'}",
                   "jpeg_quality=40")
-    assert run(cfg) == 0
+    assert jobs.stylize(cfg) == 0
     Image.new("RGB", (8, 8)).save(tmp_path / "reference.jpg", quality=40)
     with Image.open(tmp_path / "out.jpg") as written, Image.open(tmp_path / "reference.jpg") as reference:
         assert written.quantization == reference.quantization

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fststyle.cli import jobs
 from fststyle.compare import (
     ComparisonError,
     column_labels,
     compare,
-    run,
     style_images,
     summarise,
 )
@@ -63,7 +63,7 @@ def comparison(compose, tmp_path_factory):
     photos = photo_folder(tmp)
     cfg = compose("compare", f"model={model}", f"input={photos}", f"output={tmp / 'out'}", "device=cpu",
                           f"image_size={IMAGE_SIZE}", "cell_height=40", *SLOW_OVERRIDES)
-    code = run(cfg)
+    code = jobs.compare(cfg)
     return tmp / "out", json.loads((tmp / "out/report.json").read_text()), code
 
 
@@ -164,7 +164,7 @@ def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(compose,
     (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
     cfg = compose("compare", f"model={model}", f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
                           "engines=[fast]", f"image_size={IMAGE_SIZE}")
-    assert run(cfg) == 1
+    assert jobs.compare(cfg) == 1
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert [row["name"] for row in report["photos"]] == ["000000000030"]
     (failure,) = report["failures"]
@@ -175,9 +175,9 @@ def test_unreadable_photo_is_named_others_continue_and_exit_status_is_1(compose,
 def test_missing_model_and_input_are_named(compose, tmp_path):
     photos = photo_folder(tmp_path, count=1)
     with pytest.raises(ComparisonError, match="model not found: .*nope.safetensors"):
-        run(compose("compare", f"model={tmp_path / 'nope.safetensors'}", f"input={photos}", "engines=[fast]"))
+        jobs.compare(compose("compare", f"model={tmp_path / 'nope.safetensors'}", f"input={photos}", "engines=[fast]"))
     with pytest.raises(ComparisonError, match="input not found: .*nowhere"):
-        run(compose("compare", f"model={tmp_path / 'm.safetensors'}", f"input={tmp_path / 'nowhere'}"))
+        jobs.compare(compose("compare", f"model={tmp_path / 'm.safetensors'}", f"input={tmp_path / 'nowhere'}"))
 
 
 def test_summary_of_hand_made_rows():
@@ -215,7 +215,7 @@ def test_an_engine_failing_on_one_photo_is_reported_and_the_rest_still_runs(comp
     Image.new("RGB", (240, 16), (200, 120, 40)).save(photos / "panorama.jpg")
     cfg = compose("compare", f"model={model}", f"input={photos}", f"output={tmp_path / 'out'}", "device=cpu",
                           "engines=[fast,mrf]", f"image_size={IMAGE_SIZE}", "cell_height=40", *SLOW_OVERRIDES)
-    assert run(cfg) == 1
+    assert jobs.compare(cfg) == 1
     report = json.loads((tmp_path / "out/report.json").read_text())
     rows = {row["name"]: row for row in report["photos"]}
     assert set(rows) == {"000000000030", "panorama"}

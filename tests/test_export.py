@@ -92,7 +92,7 @@ def test_onnx_export_without_the_extra_names_the_install_command(model: tuple[Pa
     path, _ = model
     for name in ("onnx", "onnxscript", "onnxruntime"):
         monkeypatch.setitem(sys.modules, name, None)  # `import onnx` now raises ImportError, as when not installed
-    with pytest.raises(UserError, match=re.escape('export=onnx needs onnx and onnxscript, which are not installed: '
+    with pytest.raises(UserError, match=re.escape('format=onnx needs onnx and onnxscript, which are not installed: '
                                                   'pip install "fststyle[onnx]"')):
         export_model(path, "onnx", tmp_path / "tiny.onnx")
     assert not (tmp_path / "tiny.onnx").exists()

@@ -17,13 +17,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fststyle.compare import run as compare_run
+from fststyle.cli import jobs
 from fststyle.errors import UserError
 from fststyle.files import OUTPUT_MARKER, OverwriteError
 from fststyle.images import list_images
-from fststyle.optimize import run as optimize_run
 from fststyle.style_model import ModelFileError, StyleModel
-from fststyle.stylize import run
 from fststyle.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,19 +67,19 @@ def test_run_returns_non_zero_when_a_file_is_broken(compose, model_path: Path, t
     source.mkdir()
     Image.new("RGB", (20, 16), "teal").save(source / "good.png")
     (source / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    cfg = compose("infer", f"model={model_path}", f"input={source}", f"output={tmp_path / 'out'}")
-    assert run(cfg) == 1
+    cfg = compose("stylize", f"model={model_path}", f"input={source}", f"output={tmp_path / 'out'}")
+    assert jobs.stylize(cfg) == 1
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "broken.png").exists()
 
 
 def test_run_exports_and_rejects_missing_settings(compose, model_path: Path, tmp_path: Path) -> None:
-    assert run(compose("infer", f"model={model_path}", "export=torchscript", f"output={tmp_path / 'm.pt'}")) == 0
+    assert jobs.export(compose("export", f"model={model_path}", "format=torchscript", f"output={tmp_path / 'm.pt'}")) == 0
     assert (tmp_path / "m.pt").is_file()
     # user errors are raised as UserError, which infer.py (fststyle.cli.run_job) turns into one line and exit 2
     with pytest.raises(UserError, match="nothing to stylise"):  # no input
-        run(compose("infer", f"model={model_path}"))
+        jobs.stylize(compose("stylize", f"model={model_path}"))
     with pytest.raises(ModelFileError, match="style model not found"):
-        run(compose("infer", f"model={tmp_path / 'missing.safetensors'}", f"input={tmp_path}"))
+        jobs.stylize(compose("stylize", f"model={tmp_path / 'missing.safetensors'}", f"input={tmp_path}"))
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -147,7 +145,7 @@ REFUSALS = {
     "fast folder onto itself": (["input={w}/photos", "output={w}/photos/"], "is the input folder"),
     "gatys output is a hard link of the content": (
         ["engine=gatys", "content={w}/photos/a.png", "style={w}/style.png", "output={w}/hard.png"], "is the input"),
-    "gatys without content": (["engine=gatys", "style={w}/style.png", "output={w}/out.png"], "needs content="),
+    "gatys without content": (["engine=gatys", "style={w}/style.png", "output={w}/out.png"], "optimize needs input"),
     "compare into its input folder": (["--config-name", "compare", "input={w}/photos", "output={w}/photos",
                                        "engines=[fast]"], "is the input folder"),
     "export onto its model": (["export=onnx", "output={w}/model.onnx"], "is the input"),
@@ -188,25 +186,25 @@ def test_cli_user_errors_are_one_line_exit_2_and_leave_the_inputs_untouched(work
 def test_settings_are_checked_before_the_model_or_the_vgg_is_loaded(compose, workspace: Path) -> None:
     """A wrong output suffix is reported even though the model (or the VGG weights) could not be loaded at all."""
     with pytest.raises(UserError, match="unknown image suffix '.gif'"):
-        run(compose("infer", f"model={workspace / 'broken.png'}", f"input={workspace / 'photos' / 'a.png'}",
+        jobs.stylize(compose("stylize", f"model={workspace / 'broken.png'}", f"input={workspace / 'photos' / 'a.png'}",
                     f"output={workspace / 'out.gif'}"))
-    gatys = ["engine=gatys", f"content={workspace / 'photos' / 'a.png'}", f"style={workspace / 'style.png'}",
+    gatys = ["engine=gatys", f"input={workspace / 'photos' / 'a.png'}", f"style={workspace / 'style.png'}",
              f"engine.loss.network.weights={workspace / 'missing_vgg.pth'}"]
     for output, message in ((workspace / "out.gif", "unknown image suffix '.gif'"),
                             (workspace / "style.png" / "out.png", "is a file, not a folder")):
         with pytest.raises(UserError, match=message):
-            optimize_run(compose("infer", *gatys, f"output={output}"))
+            jobs.optimize(compose("optimize", *gatys, f"output={output}"))
     with pytest.raises(UserError, match="engine.init="):
-        optimize_run(compose("infer", "engine=gatys", f"content={workspace / 'photos' / 'a.png'}",
+        jobs.optimize(compose("optimize", "engine=gatys", f"input={workspace / 'photos' / 'a.png'}",
                              f"style={workspace / 'style.png'}", f"output={workspace / 'out.png'}",
                              f"engine.init={workspace / 'missing.png'}"))
-    with pytest.raises(UserError, match="export=onnx writes a .onnx file"):
-        run(compose("infer", f"model={workspace / 'model.safetensors'}", "export=onnx", f"output={workspace / 'm.png'}"))
+    with pytest.raises(UserError, match="format=onnx writes a .onnx file"):
+        jobs.export(compose("export", f"model={workspace / 'model.safetensors'}", "format=onnx", f"output={workspace / 'm.png'}"))
     with pytest.raises(UserError, match="precision must be"):
-        run(compose("infer", f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
+        jobs.stylize(compose("stylize", f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
                     "precision=fp8"))
     with pytest.raises(UserError, match="jpeg_quality"):
-        run(compose("infer", f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
+        jobs.stylize(compose("stylize", f"model={workspace / 'model.safetensors'}", f"input={workspace / 'photos' / 'a.png'}",
                     "jpeg_quality=101"))
     assert not list(workspace.glob("out*")) and not list(workspace.glob("m.*"))
 
@@ -216,13 +214,13 @@ def test_gatys_steps_and_report_may_not_hit_an_input(compose, workspace: Path) -
     Image.new("RGB", (20, 16), "teal").save(content)
     (workspace / "out_steps").mkdir()
     Image.new("RGB", (8, 8), "red").save(workspace / "out_steps" / "step_00002.png")
-    common = [f"content={content}", "engine=gatys", "engine.steps=2", "engine.image_size=16"]
+    common = [f"input={content}", "engine=gatys", "engine.steps=2", "engine.image_size=16"]
     with pytest.raises(OverwriteError, match="step_00002.png"):
-        optimize_run(compose("infer", *common, f"style={workspace / 'out_steps' / 'step_00002.png'}",
+        jobs.optimize(compose("optimize", *common, f"style={workspace / 'out_steps' / 'step_00002.png'}",
                              f"output={workspace / 'out.png'}", "engine.save_every=2"))
     (workspace / "shot.json").write_text("{}")  # an input where the run report (<output stem>.json) would go
     with pytest.raises(OverwriteError, match="shot.json"):
-        optimize_run(compose("infer", *common, f"style={workspace / 'shot.json'}", f"output={workspace / 'shot.jpg'}"))
+        jobs.optimize(compose("optimize", *common, f"style={workspace / 'shot.json'}", f"output={workspace / 'shot.jpg'}"))
 
 
 def test_compare_output_inside_the_input_folder_is_not_compared_again(random_vgg_loss, compose, workspace: Path) -> None:
@@ -233,6 +231,6 @@ def test_compare_output_inside_the_input_folder_is_not_compared_again(random_vgg
                        torch.rand(1, 3, 12, 12)).save(workspace / "scored.safetensors")
     cfg = compose("compare", f"model={model}", f"input={photos}", f"output={photos / 'cmp'}", "engines=[fast]",
                   "image_size=16", "device=cpu")
-    assert compare_run(cfg) == 0
+    assert jobs.compare(cfg) == 0
     assert (photos / "cmp" / OUTPUT_MARKER).is_file()
     assert list_images(photos) == [photos / "a.png", photos / "b.png"]

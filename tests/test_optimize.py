@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from fststyle.cli import jobs
 from fststyle.color import rgb_to_yiq
 from fststyle.errors import UserError
 from fststyle.files import OUTPUT_MARKER
@@ -18,7 +19,6 @@ from fststyle.optimize import (
     OptimizeSettings,
     build_loss,
     optimize_image,
-    run,
     settings_from_config,
 )
 from fststyle.vgg import VGGFeatures
@@ -124,7 +124,7 @@ def test_pyramid_adam_and_intermediate_images(gatys, photo, starry, tmp_path):
 
 
 def test_mrf_engine_lowers_the_mrf_loss(compose, photo, starry):
-    cfg = compose("infer", "engine=mrf")
+    cfg = compose("optimize", "engine=mrf")
     loss = build_loss(cfg.engine)
     settings = settings_from_config(cfg.engine)
     assert settings.pyramid_levels == 3 and settings.steps == 100  # CNNMRF's defaults
@@ -138,13 +138,13 @@ def test_clear_errors_for_bad_inputs(random_vgg_loss, compose, bundled_data, tmp
     photo = str(sorted((bundled_data / "preview").glob("*.jpg"))[0])
     missing = tmp_path / "nope.jpg"
     with pytest.raises(FileNotFoundError, match="style file not found: .*nope.jpg"):
-        run(compose("infer", "engine=gatys", f"content={photo}", f"style={missing}", f"output={tmp_path}/o.png"))
-    with pytest.raises(FileNotFoundError, match="content file not found"):
-        run(compose("infer", "engine=gatys", f"content={missing}", f"style={style}", f"output={tmp_path}/o.png"))
-    with pytest.raises(ValueError, match="needs style="):
-        run(compose("infer", "engine=gatys", f"content={photo}", f"output={tmp_path}/o.png"))
+        jobs.optimize(compose("optimize", "engine=gatys", f"input={photo}", f"style={missing}", f"output={tmp_path}/o.png"))
+    with pytest.raises(FileNotFoundError, match="input file not found"):
+        jobs.optimize(compose("optimize", "engine=gatys", f"input={missing}", f"style={style}", f"output={tmp_path}/o.png"))
+    with pytest.raises(ValueError, match="optimize needs style"):
+        jobs.optimize(compose("optimize", "engine=gatys", f"input={photo}", f"output={tmp_path}/o.png"))
     with pytest.raises(ValueError, match="2 styles but 1 content_masks"):
-        run(compose("infer", "engine=gatys", f"content={photo}", f"style=[{style},{style}]",
+        jobs.optimize(compose("optimize", "engine=gatys", f"input={photo}", f"style=[{style},{style}]",
                            f"content_masks=[{photo}]", f"output={tmp_path}/o.png"))
     with pytest.raises(ValueError, match="unknown optimisation settings"):
         settings_from_config({"name": "gatys", "step": 3})

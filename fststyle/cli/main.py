@@ -1,0 +1,218 @@
+"""``fststyle <command>``: one command per job, paths as ordinary arguments, settings as Hydra overrides.
+
+    fststyle stylize "my photo (1).jpg" --model starry_night -o out/ strength=0.7
+    fststyle train experiment=demo
+    fststyle models
+
+An argument that names an existing file or folder is a path; one of the form ``key=value`` is a setting
+(Hydra's override syntax, checked against the job's config: an unknown key is one line that names the nearest
+one); anything else is a path that does not exist yet, reported as such. Exit statuses: 0 done, 1 some
+inputs failed, 2 a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fststyle.cli import command_line, run_job, user_errors_exit
+from fststyle.cli.arguments import hydra_quoted
+from fststyle.errors import UserError
+
+#: ``key=value``, ``+key=value``, ``~key``, ``group@pkg=option``: Hydra's override forms
+_OVERRIDE = re.compile(r"^(\+\+|\+|~)?[A-Za-z_][\w.@/-]*(=|$)")
+#: Hydra flags passed through as they are (``--cfg job`` prints the composed config)
+_HYDRA_FLAGS = ("--cfg", "--resolve", "--info")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: what it does, the name of its positional paths, and which path options it takes."""
+
+    summary: str
+    positional: str | None = None      # the setting the positional paths fill (input, model)
+    single: bool = False               # exactly one positional path
+    options: tuple[str, ...] = ()      # of: model, style, output
+
+
+COMMANDS = {
+    "train": Command("train a fast style network for one style (Johnson et al. 2016); experiment=demo runs offline"),
+    "stylize": Command("stylise photos and folders with a trained style model", "input", options=("model", "output")),
+    "optimize": Command("optimise one photo towards a style directly (engine=gatys | mrf), the slow reference",
+                        "input", single=True, options=("style", "output")),
+    "compare": Command("run the fast model and the optimisation engines on the same photos, scored by one loss",
+                       "input", options=("model", "style", "output")),
+    "export": Command("write a style model as ONNX or TorchScript (or a training .ckpt as a style model)",
+                      "model", single=True, options=("output",)),
+    "models": Command("list the shipped style models"),
+}
+FLAGS = {"model": "-m", "style": "-s", "output": "-o"}
+OPTION_HELP = {
+    "model": "a shipped model's name (fststyle models) or a .safetensors style model",
+    "style": "a style image (repeat for several)",
+    "output": "the output file or folder (never one of the inputs)",
+}
+EXAMPLES = {
+    "train": "fststyle train experiment=demo\n"
+             "fststyle train data.root=/data/coco style=painting.jpg trainer=gpu\n"
+             "fststyle train ... ckpt_path=outputs/<date>/<time>        # resume a run",
+    "stylize": 'fststyle stylize "my photo (1).jpg" --model starry_night -o out/ strength=0.7\n'
+               "fststyle stylize photos/ --model the_scream -o stylised/ tile=1024",
+    "optimize": "fststyle optimize photo.jpg --style painting.jpg -o out.png\n"
+                "fststyle optimize photo.jpg --style painting.jpg -o out.png engine=mrf engine.steps=50",
+    "compare": "fststyle compare photos/ --model starry_night -o compare_out/ engines='[fast,gatys]'",
+    "export": "fststyle export starry_night -o starry_night.onnx\n"
+              "fststyle export outputs/<date>/<time>/checkpoints/last.ckpt format=safetensors",
+    "models": "fststyle models",
+}
+
+
+def _parser(name: str, command: Command) -> argparse.ArgumentParser:
+    paths = {None: "", "input": "INPUT" if command.single else "INPUT...", "model": "MODEL"}[command.positional]
+    flags = "".join(f" [{FLAGS[option]} {option.upper()}]" for option in command.options)
+    usage = f"fststyle {name} {paths}{flags} [KEY=VALUE ...]".replace("  ", " ")
+    parser = argparse.ArgumentParser(prog=f"fststyle {name}", usage=usage, description=command.summary,
+                                     add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-h", "--help", action="store_true", help="this help, with every setting of the job")
+    parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
+    if "model" in command.options:
+        parser.add_argument(FLAGS["model"], "--model", help=OPTION_HELP["model"])
+    if "style" in command.options:
+        parser.add_argument(FLAGS["style"], "--style", action="append", help=OPTION_HELP["style"])
+    if "output" in command.options:
+        parser.add_argument(FLAGS["output"], "--output", help=OPTION_HELP["output"])
+    if name != "models":
+        parser.add_argument("--cfg", choices=("job", "hydra", "all"), help="print the composed config and exit (Hydra)")
+        parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
+    if name == "train":
+        parser.add_argument("--multirun", action="store_true", help="a Hydra sweep: one run per combination")
+    return parser
+
+
+def _split(arguments: Sequence[str], command: Command) -> tuple[list[str], list[str]]:
+    """(paths, overrides): an existing path is a path, ``key=value`` a setting, anything else a path."""
+    from pathlib import Path
+
+    paths, overrides = [], []
+    for argument in arguments:
+        if command.positional is not None and Path(argument).exists():
+            paths.append(argument)
+        elif _OVERRIDE.match(argument) and ("=" in argument or argument.startswith("~")):
+            overrides.append(argument)
+        else:
+            paths.append(argument)
+    return paths, overrides
+
+
+def _path_override(key: str, values: Sequence[str]) -> str:
+    """``key='a b.jpg'`` or ``key=['a.jpg','b.jpg']``, quoted so that any file name survives Hydra's parser."""
+    if len(values) == 1:
+        return f"{key}={hydra_quoted(values[0])}"
+    return f"{key}=[{','.join(hydra_quoted(value) for value in values)}]"
+
+
+def job_overrides(name: str, command: Command, options: argparse.Namespace) -> list[str]:
+    """The Hydra overrides a parsed command line stands for (paths and path options first, then settings)."""
+    paths, settings = _split(options.arguments, command)
+    given = {setting.split("=", 1)[0].lstrip("+") for setting in settings}
+    overrides: list[str] = []
+    if paths:
+        if command.positional is None:
+            raise UserError(f"fststyle {name} takes no paths, got {paths[0]!r}; settings are key=value "
+                            f"(fststyle {name} --help lists them)")
+        if command.single and len(paths) > 1:
+            raise UserError(f"fststyle {name} takes one {command.positional}, got {len(paths)}: "
+                            f"{', '.join(map(repr, paths))}")
+        if command.positional in given:
+            raise UserError(f"{command.positional} given twice: as a path and as {command.positional}=; keep one")
+        overrides.append(_path_override(command.positional, paths))
+    for option in command.options:
+        value = getattr(options, option)
+        if value is not None:
+            if option in given:
+                raise UserError(f"{option} given twice: as --{option} and as {option}=; keep one")
+            overrides.append(_path_override(option, value if isinstance(value, list) else [value]))
+    return overrides + settings
+
+
+def _help(name: str, command: Command, parser: argparse.ArgumentParser, overrides: Sequence[str]) -> str:
+    """The command's usage, options, examples and every setting with its default and description."""
+    lines = [parser.format_help().rstrip(), "", "examples:", textwrap.indent(EXAMPLES[name], "  ")]
+    if name != "models":
+        from fststyle.cli.config import setting_descriptions
+
+        group_choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+        settings = setting_descriptions(name, group_choices)
+        width = min(max(len(f"{key}={value}") for key, value, _ in settings), 44)
+        lines += ["", "settings (key=value after the paths; defaults shown):"]
+        for key, value, description in settings:
+            setting = f"{key}={value}"
+            gap = "\n" + " " * (width + 4) if len(setting) > width else " " * (width - len(setting) + 2)
+            lines.append(f"  {setting}{gap}{description}")
+    return "\n".join(lines)
+
+
+def _top_level_help() -> str:
+    width = max(map(len, COMMANDS))
+    commands = "\n".join(f"  {name.ljust(width)}  {command.summary}" for name, command in COMMANDS.items())
+    return (f"usage: fststyle COMMAND [PATH ...] [OPTIONS] [KEY=VALUE ...]\n\n"
+            f"Fast neural style transfer: train style networks, stylise photos, optimise, compare.\n\n"
+            f"commands:\n{commands}\n\nfststyle COMMAND --help lists the command's options and every setting.")
+
+
+def launch(name: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> None:
+    """Compose conf/<name>.yaml with ``overrides`` through Hydra and run the job; exits with its status."""
+    import hydra
+
+    from fststyle.bundled import config_dir
+    from fststyle.cli.config import compose  # noqa: F401  (registers the ${bundled:...} resolver)
+    from fststyle.cli.jobs import CONFIG_JOBS
+
+    folder = config_dir()
+    job = CONFIG_JOBS[name]
+
+    @hydra.main(version_base="1.3", config_path=str(folder), config_name=name)
+    def run(cfg):
+        run_job(lambda: job(cfg))
+
+    program = sys.argv[0]
+    sys.argv = command_line([program, *flags, *overrides], folder, name)
+    run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``fststyle`` console script (also ``python -m fststyle``)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] in ("-h", "--help"):
+        print(_top_level_help())
+        raise SystemExit(0 if arguments else 2)
+    name, rest = arguments[0], arguments[1:]
+    if name not in COMMANDS:
+        with user_errors_exit():
+            import difflib
+
+            close = difflib.get_close_matches(name, COMMANDS, n=1)
+            raise UserError(f"unknown command {name!r}: " + (f"did you mean {close[0]}? " if close else "")
+                            + f"the commands are {', '.join(COMMANDS)}")
+    command = COMMANDS[name]
+    parser = _parser(name, command)
+    with user_errors_exit():
+        options, unknown = parser.parse_known_intermixed_args(rest)
+        if unknown:
+            raise UserError(f"fststyle {name}: unknown option {unknown[0]!r} (fststyle {name} --help lists them)")
+        overrides = job_overrides(name, command, options)
+        if options.help:
+            print(_help(name, command, parser, overrides))
+            raise SystemExit(0)
+    if name == "models":
+        from fststyle.cli.jobs import models
+
+        run_job(models)
+        return
+    flags = [*(["--cfg", options.cfg] if options.cfg else []), *(["--resolve"] if options.resolve else []),
+             *(["--multirun"] if getattr(options, "multirun", False) else [])]
+    launch(name, overrides, flags)

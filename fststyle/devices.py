@@ -1,0 +1,32 @@
+"""Which device a job runs on, and its name for reports and model metadata."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from fststyle.errors import UserError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"device={device} is not a device ({error}); use device=auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device} asked for, but PyTorch sees no CUDA GPU; use device=cpu or device=auto")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={device}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); "
+                        f"use device=cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu (x86_64, 2 threads)``: what a figure was measured on."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

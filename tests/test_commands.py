@@ -1,0 +1,172 @@
+"""``fststyle <command>``: paths as ordinary arguments, settings as overrides, --help that lists every setting,
+models by name, the public API, and a wheel that runs outside the repository."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fststyle.bundled import shipped_models
+from fststyle.cli.config import setting_descriptions
+from fststyle.cli.main import COMMANDS, job_overrides
+from fststyle.errors import UserError
+from infer import command as infer_command
+
+REPO = Path(__file__).resolve().parents[1]
+AWKWARD = "my photo (1) é, it's.jpg"
+
+
+def fststyle(*arguments: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m fststyle ARGUMENTS`` in ``cwd`` (fststyle importable from the repo unless ``env`` says)."""
+    env = env or {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fststyle", *arguments], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def photo(path: Path, size: tuple[int, int] = (40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, "teal").save(path)
+    return path
+
+
+def test_stylize_takes_paths_as_arguments_and_a_shipped_model_by_name(tmp_path: Path) -> None:
+    photo(tmp_path / AWKWARD)
+    result = fststyle("stylize", AWKWARD, "--model", "starry_night", "-o", "out/", "strength=0.7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out" / AWKWARD).size == (40, 30)
+
+
+def test_several_inputs_go_into_the_output_folder_by_name(tmp_path: Path) -> None:
+    photo(tmp_path / "a.jpg")
+    photo(tmp_path / "album" / "b.png")
+    result = fststyle("stylize", "a.jpg", "album", "-m", "the_scream", "-o", "styled", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "styled" / "a.jpg").is_file() and (tmp_path / "styled" / "album" / "b.png").is_file()
+
+
+def test_two_inputs_of_one_name_are_refused_before_any_work(tmp_path: Path) -> None:
+    photo(tmp_path / "x" / "p.jpg")
+    photo(tmp_path / "y" / "p.jpg")
+    result = fststyle("stylize", "x/p.jpg", "y/p.jpg", "-m", "starry_night", "-o", "out", cwd=tmp_path)
+    assert result.returncode == 2 and "would both be written to" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_file_is_a_path_even_when_it_looks_like_a_setting(tmp_path: Path) -> None:
+    parser = argparse.Namespace(arguments=["strength=0.5", "a=b.jpg"], model="m", output=None)
+    (tmp_path / "a=b.jpg").touch()
+    cwd = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        overrides = job_overrides("stylize", COMMANDS["stylize"], parser)
+    finally:
+        os.chdir(cwd)
+    assert overrides == ["input='a=b.jpg'", "model='m'", "strength=0.5"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["a.jpg", "b.jpg"], "takes one input"),
+    (["a.jpg", "input=b.jpg"], "input given twice"),
+])
+def test_misused_paths_are_named(arguments: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        job_overrides("optimize", COMMANDS["optimize"], argparse.Namespace(arguments=arguments, style=None, output=None))
+
+
+def test_help_lists_every_setting_with_its_description(tmp_path: Path) -> None:
+    result = fststyle("optimize", "--help", "engine=mrf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: fststyle optimize INPUT [-s STYLE] [-o OUTPUT] [KEY=VALUE ...]" in result.stdout
+    assert "engine.loss.mrf.patch_size=3" in result.stdout and "CNNMRF mrf_patch_size" in result.stdout
+
+
+@pytest.mark.parametrize(("job", "overrides"), [
+    ("train", []), ("train", ["experiment=demo"]), ("train", ["trainer=ddp", "+callbacks=gatys_gap"]),
+    ("stylize", []), ("optimize", ["engine=gatys"]), ("optimize", ["engine=mrf"]), ("compare", []), ("export", []),
+])
+def test_every_setting_of_every_job_has_a_description(job: str, overrides: list[str]) -> None:
+    settings = setting_descriptions(job, overrides)
+    assert len(settings) >= 3
+    assert [key for key, _, description in settings if not description] == []
+
+
+def test_unknown_command_and_setting_are_one_line_exit_2(tmp_path: Path) -> None:
+    for arguments, message in ((["stylise"], "did you mean stylize?"),
+                               (["stylize", "x.jpg", "--model", "starry_night", "strenght=1"], "did you mean strength?"),
+                               (["stylize", "x.jpg", "--model", "starry_nite"], "not found"),
+                               (["train", "photo.jpg"], "takes no paths")):
+        result = fststyle(*arguments, cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr, result.stderr
+
+
+def test_models_lists_the_shipped_models_with_their_training(tmp_path: Path) -> None:
+    result = fststyle("models", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert set(shipped_models()) == {"starry_night", "the_scream"}
+    for name in shipped_models():
+        (line,) = [line for line in lines if line.startswith(name + " ")]
+        assert "128 px" in line and "2000" in line and "cpu" in line.lower()
+
+
+def test_export_a_shipped_model_by_name_into_the_working_directory(tmp_path: Path) -> None:
+    result = fststyle("export", "starry_night", "format=torchscript", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "starry_night.pt").stat().st_size > 100_000
+
+
+@pytest.mark.parametrize(("legacy", "command"), [
+    (["model=m", "input=p.jpg", "output=o.jpg"], ["stylize", "model=m", "input=p.jpg", "output=o.jpg"]),
+    (["engine=fast", "model=m", "input=p.jpg"], ["stylize", "model=m", "input=p.jpg"]),
+    (["engine=mrf", "content=p.jpg", "style=s.jpg"], ["optimize", "engine=mrf", "input=p.jpg", "style=s.jpg"]),
+    (["--config-name", "compare", "model=m"], ["compare", "model=m"]),
+    (["model=m", "export=onnx"], ["export", "model=m", "format=onnx"]),
+])
+def test_infer_py_command_lines_keep_working_as_fststyle_commands(legacy: list[str], command: list[str]) -> None:
+    assert infer_command(legacy) == command
+
+
+def test_the_public_api_imports_no_lightning() -> None:
+    probe = ("import sys, fststyle\n"
+             "[getattr(fststyle, name) for name in fststyle.__all__]\n"
+             "print(sorted(m for m in sys.modules if 'lightning' in m or m.startswith('hydra')))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel offline needs setuptools")
+def test_the_wheel_runs_outside_the_repository(tmp_path: Path) -> None:
+    """The wheel carries configs, sample data and models: stylise by model name and list the models from a
+    folder that is not the repository, with only the wheel's fststyle importable."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("fststyle-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"fststyle/conf/train.yaml", "fststyle/checkpoints/starry_night.safetensors",
+            "fststyle/sample_data/styles/starry_night.jpg"} <= set(names)
+    installed = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(installed), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    work = tmp_path / "elsewhere"
+    photo(work / AWKWARD)
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    where = subprocess.run([sys.executable, "-c", "import fststyle; print(fststyle.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert where.stdout.startswith(str(installed)), where.stdout + where.stderr
+    result = fststyle("stylize", AWKWARD, "--model", "starry_night", cwd=work, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (work / "my photo (1) é, it's_starry_night.jpg").is_file()
+    assert "starry_night" in fststyle("models", cwd=work, env=env).stdout
+    config = fststyle("train", "experiment=demo", "--cfg", "job", "--resolve", cwd=work, env=env)
+    assert config.returncode == 0 and str(installed / "fststyle" / "sample_data" / "coco_sample") in config.stdout
