@@ -4,7 +4,7 @@
     python bench/train_step.py --setting demo --steps 5 --rounds 3
     python bench/train_step.py --compile             # GPU: also torch.compile the networks
 
-The project's step is what ``train.py`` runs per batch: ``StyleTransferModule`` forward, the shared
+The project's step is what ``fststyle train`` runs per batch: ``StyleTransferModule`` forward, the shared
 ``PerceptualLoss`` (content target only up to the content layer, under no_grad; frozen VGG, so no weight
 gradients), backward, Adam step, with the trainer preset's precision and memory format (``cpu`` on a
 CPU, ``gpu`` on CUDA: bf16 autocast + channels_last). The plain step is the textbook version of the same
@@ -58,7 +58,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The step ``train.py`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
+    """The step ``fststyle train`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
     torch.manual_seed(0)  # every variant starts from the same transformer weights
     module = build_module({**cfg, "networks": {**cfg["networks"], "compile": compile}}).to(device)
     optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])

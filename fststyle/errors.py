@@ -1,6 +1,6 @@
 """The one exception family for problems a user can fix: a bad path, file, model or setting.
 
-Entry points (``train.py``, ``infer.py``) print a ``UserError`` as one line and exit with status 2; every
+The ``fststyle`` commands (and ``train.py``, ``infer.py``) print a ``UserError`` as one line and exit with status 2; every
 other exception is a bug in fststyle and keeps its traceback. The message names the file or setting and
 the fix.
 """

@@ -1,5 +1,5 @@
 """Portable exports of a style model: ONNX (dynamic N, H, W) and TorchScript (any size), plus the
-``.ckpt`` -> ``.safetensors`` conversion, all behind ``export_model`` (``infer.py model=... export=...``).
+``.ckpt`` -> ``.safetensors`` conversion, all behind ``export_model`` (``fststyle export MODEL format=...``).
 The exporters take a loaded ``StyleModel`` or a model file's path.
 
 Both export ``TransformerNet`` itself: its forward has no data-dependent branch and its padding is a function

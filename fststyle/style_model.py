@@ -146,7 +146,7 @@ def _parse_header(path: Path, raw: str | None) -> tuple[dict[str, Any], dict[str
     bounds checked; the "format" and "transformer" keys save writes are not part of the metadata."""
     if raw is None:
         raise ModelFileError(f"{path}: a .safetensors file without fststyle metadata; "
-                             "export style models with fststyle (train.py writes one at the end of training).")
+                             "export style models with fststyle (fststyle train writes one at the end of training).")
     if len(raw) > MAX_METADATA_BYTES:
         raise ModelFileError(f"{path}: its fststyle metadata is {len(raw)} bytes, more than {MAX_METADATA_BYTES}; "
                              "not a model fststyle wrote. " + REEXPORT_HINT)
@@ -270,12 +270,12 @@ def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Ten
     except pickle.UnpicklingError as error:  # torch's text suggests weights_only=False: advice we must not relay
         raise ModelFileError(
             f"{path}: refused: it holds Python objects that a weights-only load does not accept, and a pickle "
-            "carrying code is never run. Only checkpoints written by fststyle's train.py load."
+            "carrying code is never run. Only checkpoints written by fststyle train load."
         ) from error
     except Exception as error:  # EOFError, RuntimeError (zip) for truncated or foreign files
         first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise ModelFileError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line}). "
-                             "Only checkpoints written by fststyle's train.py load.") from error
+                             "Only checkpoints written by fststyle train load.") from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ModelFileError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     prefix = "transformer."

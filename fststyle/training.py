@@ -1,6 +1,6 @@
 """``train(cfg)``: build the data, the module and a Lightning Trainer from a config mapping, fit, export.
 
-Hydra-free: it takes the composed ``train.yaml`` (a DictConfig or a plain mapping). ``train.py`` is the
+Hydra-free: it takes the composed ``train.yaml`` (a DictConfig or a plain mapping). ``fststyle train`` is the
 Hydra entry point that composes it.
 """
 
@@ -187,7 +187,7 @@ class SignalStop(Callback):
         status = 130 if signal.SIGINT in seen else 143
         launcher = self._trainer.strategy.launcher if self._trainer is not None else None
         if launcher is not None:
-            launcher.kill(signal.SIGKILL)  # the ranks this process started (python train.py trainer=ddp)
+            launcher.kill(signal.SIGKILL)  # the ranks this process started (fststyle train trainer=ddp)
         print(f"error: training did not stop within {self.grace_s:g} s of the signal (a process is stuck, e.g. "
               f"waiting for another in a collective); ending with status {status} and no new checkpoint. "
               f"Resume from the latest one in {self.checkpoints}", file=sys.stderr, flush=True)

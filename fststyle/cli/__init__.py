@@ -1,4 +1,4 @@
-"""The entry layer: what ``train.py`` and ``infer.py`` share (exit statuses, user errors, argument checks).
+"""The entry layer: what every ``fststyle`` command shares (exit statuses, user errors, argument checks).
 
 Exit statuses, the same for every job: 0 done, 1 some inputs failed (named in the log), 2 a user error
 (one line that names the file or setting and the fix).

@@ -13,6 +13,7 @@ inputs failed, 2 a user error.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import textwrap
@@ -25,8 +26,9 @@ from fststyle.errors import UserError
 
 #: ``key=value``, ``+key=value``, ``~key``, ``group@pkg=option``: Hydra's override forms
 _OVERRIDE = re.compile(r"^(\+\+|\+|~)?[A-Za-z_][\w.@/-]*(=|$)")
-#: Hydra flags passed through as they are (``--cfg job`` prints the composed config)
-_HYDRA_FLAGS = ("--cfg", "--resolve", "--info")
+#: the command of this process tree: Lightning starts the other DDP ranks by re-running the command line Hydra
+#: saw, which has no command word, so ``launch`` leaves the command here for them
+COMMAND_ENV = "FSTSTYLE_COMMAND"
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ def launch(name: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> No
 
     folder = config_dir()
     job = CONFIG_JOBS[name]
+    os.environ[COMMAND_ENV] = name
 
     @hydra.main(version_base="1.3", config_path=str(folder), config_name=name)
     def run(cfg):
@@ -187,6 +190,9 @@ def launch(name: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> No
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``fststyle`` console script (also ``python -m fststyle``)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] not in COMMANDS and os.environ.get(COMMAND_ENV) in COMMANDS \
+            and _OVERRIDE.match(arguments[0]):  # a DDP rank that Lightning started (see COMMAND_ENV)
+        arguments.insert(0, os.environ[COMMAND_ENV])
     if not arguments or arguments[0] in ("-h", "--help"):
         print(_top_level_help())
         raise SystemExit(0 if arguments else 2)
