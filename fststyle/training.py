@@ -251,6 +251,21 @@ def _path(value: str | os.PathLike, what: str, must_exist: bool = True) -> Path:
     return path
 
 
+def resume_checkpoint(ckpt_path: str | os.PathLike) -> Path:
+    """The checkpoint ``ckpt_path=`` names: a ``.ckpt`` file, or a run directory or its ``checkpoints/`` folder
+    (their ``last.ckpt``)."""
+    path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if (folder / LAST_CHECKPOINT).is_file():
+        return folder / LAST_CHECKPOINT
+    others = sorted(folder.glob("*.ckpt"))
+    fix = (f"pass one of its checkpoints, e.g. ckpt_path={others[-1]}" if others
+           else "pass a run directory whose checkpoints/ holds one, or a .ckpt file")
+    raise UserError(f"ckpt_path={ckpt_path}: no {LAST_CHECKPOINT} in {folder} (the run saved none); {fix}")
+
+
 def _style(cfg: dict[str, Any]) -> dict[str, Any]:
     """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size`` keys."""
     paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
@@ -314,7 +329,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # checked before the networks and data are built
-        ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
+        ckpt_path = resume_checkpoint(ckpt_path)
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = dict(cfg["trainer"])
     datamodule = data_module(cfg["data"])

@@ -115,9 +115,11 @@ def test_exported_model_matches_module_bit_for_bit(tiny_run) -> None:
     assert info["loss"]["network"]["weights"] == "random"
 
 
-def test_resume_continues_step_and_optimizer_state(tiny_config, tiny_run, tmp_path: Path) -> None:
-    last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
-    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={last}", *HALVE_LR_EVERY_2_STEPS))
+@pytest.mark.parametrize("where", ["checkpoints/last.ckpt", "", "checkpoints"])
+def test_resume_continues_step_and_optimizer_state(tiny_config, tiny_run, tmp_path: Path, where: str) -> None:
+    """ckpt_path= names last.ckpt, the run directory, or its checkpoints/ folder (both: their last.ckpt)."""
+    resume = tiny_run.run_dir / where
+    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={resume}", *HALVE_LR_EVERY_2_STEPS))
     assert resumed.global_step == 6
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     adam = checkpoint["optimizer_states"][0]["state"]

@@ -218,6 +218,26 @@ def test_missing_data_root_is_one_line_naming_the_fix() -> None:
     assert "data/README.md" in done.stderr and "experiment=demo" in done.stderr
 
 
+@pytest.mark.parametrize("saved, fix", [
+    ([], "pass a run directory whose checkpoints/ holds one, or a .ckpt file"),
+    (["step_0000002.ckpt", "step_0000004.ckpt"], "pass one of its checkpoints, e.g. ckpt_path={folder}/step_0000004.ckpt"),
+], ids=["empty", "periodic-only"])
+def test_resume_from_a_run_without_last_checkpoint_is_one_line_naming_the_fix(
+        tiny_config, tmp_path: Path, capsys, saved: list[str], fix: str) -> None:
+    """ckpt_path=<run directory> whose checkpoints/ holds no last.ckpt: one line naming the folder and the fix."""
+    folder = tmp_path / "old_run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in saved:
+        (folder / name).write_bytes(b"")
+    cfg = tiny_config(tmp_path / "new_run", f"ckpt_path={folder.parent}")
+    with pytest.raises(SystemExit) as exited:
+        run_job(lambda: train(cfg))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: ckpt_path={folder.parent}: no last.ckpt in {folder}") and error.count("\n") == 1
+    assert fix.format(folder=folder) in error, error
+
+
 @pytest.mark.parametrize("override, names", [
     ("style=nowhere.jpg", "style image not found"),
     ("data.root=nowhere", "training images (data.root) not found"),
