@@ -23,7 +23,13 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    OnExceptionCheckpoint,
+    TQDMProgressBar,
+)
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -53,69 +59,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class LastCheckpoint(Callback):
-    """``last.ckpt`` always holds where training stopped: at the end, and on SIGINT/SIGTERM.
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Lightning's OnExceptionCheckpoint writing ``last.ckpt`` after the step a signal stopped, and at the end.
 
-    ModelCheckpoint writes it only with its periodic checkpoints. Lightning turns SIGTERM into a stop at
-    the end of the current step (all ranks together); a first Ctrl-C (SIGINT) is routed through the same
-    path, a second one interrupts at once. When the stop arrives, the current state (weights, optimiser,
-    loop counters) is written to ``last.ckpt``.
+    Subclassed as ``last.ckpt`` is the resume point, not a crash dump: the base class saves on any exception
+    (here not on an error such as a NaN loss: the last good periodic checkpoint stays; nor on a second Ctrl-C,
+    which may land mid-step) and deletes its file at teardown. ModelCheckpoint's ``save_last`` misses the end.
     """
 
-    def __init__(self, dirpath: Path) -> None:
-        self.path = Path(dirpath) / LAST_CHECKPOINT
-        self.interrupted = False
-        self._previous_sigint: Any = None
-        self._pid = os.getpid()
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._pid = os.getpid()
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): keep serving batches
-        self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-        rank_zero_info("\nInterrupted: stopping after this step and saving the last checkpoint "
-                       "(press Ctrl-C again to stop at once, without it)")
-        signal.raise_signal(signal.SIGTERM)
+    def __init__(self, checkpoints: Path) -> None:
+        super().__init__(checkpoints, filename=Path(LAST_CHECKPOINT).stem)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore_sigint()
-        signalled = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
-        # After a Ctrl-C, DataLoader workers (same process group) may die first; the weights are intact then.
-        if not (signalled or self.interrupted) or isinstance(exception, NonFiniteLossError):
-            return  # an error such as a non-finite loss: the last good periodic checkpoint stays
-        if not isinstance(exception, SIGTERMException) and trainer.world_size > 1:
-            # Other processes may be inside a collective; a synchronised save could hang.
-            rank_zero_warn(f"Interrupted mid-step: no checkpoint written; resume from {self.path.parent}")
+        if isinstance(exception, KeyboardInterrupt | NonFiniteLossError):
+            rank_zero_warn(f"No checkpoint written; resume from the latest one: ckpt_path={Path(self.dirpath).parent}")
             return
-        trainer.save_checkpoint(self.path, weights_only=False)
-        rank_zero_info(f"Saved {self.path} at global step {trainer.global_step}; resume with ckpt_path={self.path}")
+        # After a Ctrl-C, DataLoader workers (same process group) may die first, between steps: the weights are
+        # intact then. Other processes may be elsewhere, where a synchronised save could hang.
+        if isinstance(exception, SIGTERMException) or (pl_module.stop_requested and trainer.world_size == 1):
+            super().on_exception(trainer)
+            rank_zero_info(f"Saved {self.ckpt_path} at global step {trainer.global_step}; "
+                           f"resume with ckpt_path={Path(self.dirpath).parent}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.path, weights_only=False)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_sigint()
-
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Keep ``last.ckpt`` (the base class removes its file here)."""
 
 
 class SignalStop(Callback):
-    """SIGTERM stops every process together after the current step, and a SIGTERM always ends the run.
+    """SIGTERM or a first Ctrl-C stops every process together after the current step, and always ends the run.
 
     Lightning's own SIGTERM handler runs a broadcast inside the handler, i.e. a collective started at whatever
     point the signal finds one process, which can pair with a different collective of another process and
     deadlock. From ``on_train_start`` this handler replaces it: it only sets ``stop_requested`` on the module,
     which the step's one all-reduce carries to every process, so all of them stop after the same step
-    (``LastCheckpoint`` then writes ``last.ckpt``).
+    (``InterruptCheckpoint`` then writes ``last.ckpt``). During fit a first Ctrl-C (SIGINT) takes the same
+    path; a second one interrupts at once.
 
     A process blocked in native code (a collective waiting for a rank that never comes, a hung reader) runs no
     Python signal handler at all. So a watchdog thread, woken through ``signal.set_wakeup_fd`` (written by the
@@ -134,11 +116,32 @@ class SignalStop(Callback):
         self._trainer: pl.Trainer | None = None
         self._finished = threading.Event()
         self._wakeup: tuple[socket.socket, socket.socket, int] | None = None
+        self.interrupted = False  # by a Ctrl-C: the exit status is 130, not 143
+        self._previous_sigint: Any = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pid, self._trainer, self._module = os.getpid(), trainer, pl_module
-        if self.grace_s is not None and threading.current_thread() is threading.main_thread():
-            self._start_watchdog()
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            if self.grace_s is not None:
+                self._start_watchdog()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): keep serving batches
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        rank_zero_info("\nInterrupted: stopping after this step and saving the last checkpoint "
+                       "(press Ctrl-C again to stop at once, without it)")
+        signal.raise_signal(signal.SIGTERM)
+
+    def on_fit_end(self, *_: Any) -> None:
+        """Give Ctrl-C back its previous handler when fit ends or raises (the final preview and export follow)."""
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    on_exception = on_fit_end
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():  # after Lightning registered its handler
@@ -252,6 +255,21 @@ def _path(value: str | os.PathLike, what: str, must_exist: bool = True) -> Path:
     return path
 
 
+def resume_checkpoint(ckpt_path: str | os.PathLike) -> Path:
+    """The checkpoint ``ckpt_path=`` names: a ``.ckpt`` file, or a run directory or its ``checkpoints/`` folder
+    (their ``last.ckpt``)."""
+    path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if (folder / LAST_CHECKPOINT).is_file():
+        return folder / LAST_CHECKPOINT
+    others = sorted(folder.glob("*.ckpt"))
+    fix = (f"pass one of its checkpoints, e.g. ckpt_path={others[-1]}" if others
+           else "pass a run directory whose checkpoints/ holds one, or a .ckpt file")
+    raise UserError(f"ckpt_path={ckpt_path}: no {LAST_CHECKPOINT} in {folder} (the run saved none); {fix}")
+
+
 def _style(cfg: dict[str, Any]) -> dict[str, Any]:
     """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size`` keys."""
     paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
@@ -291,7 +309,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=str(checkpoints), filename="step_{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_last=True, save_top_k=1),
-        LastCheckpoint(checkpoints),
+        InterruptCheckpoint(checkpoints),
         SignalStop(cfg.get("sigterm_grace_s"), checkpoints),
         LearningRateMonitor(logging_interval="step"),
         LossProgressBar(),
@@ -312,7 +330,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # checked before the networks and data are built
-        ckpt_path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
+        ckpt_path = resume_checkpoint(ckpt_path)
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = dict(cfg["trainer"])
     datamodule = data_module(cfg["data"])
@@ -339,8 +357,8 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
                   f"Style model:   {model_path}\n"
                   f"Steps: {trainer.global_step}; unreadable training images skipped: {skipped}", flush=True)
     except SIGTERMException:
-        rank_zero_info(f"Stopped by a signal. Resume: python train.py ... ckpt_path={checkpoints / LAST_CHECKPOINT}")
-        sigint = any(isinstance(c, LastCheckpoint) and c.interrupted for c in trainer.callbacks)
+        rank_zero_info(f"Stopped by a signal. Resume: python train.py ... ckpt_path={run_dir}")
+        sigint = any(isinstance(c, SignalStop) and c.interrupted for c in trainer.callbacks)
         raise SystemExit(130 if sigint else 143) from None  # the shells' codes for death by SIGINT / SIGTERM
     finally:
         for callback in trainer.callbacks:

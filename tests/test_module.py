@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fststyle.images import load_image
@@ -115,9 +116,11 @@ def test_exported_model_matches_module_bit_for_bit(tiny_run) -> None:
     assert info["loss"]["network"]["weights"] == "random"
 
 
-def test_resume_continues_step_and_optimizer_state(tiny_config, tiny_run, tmp_path: Path) -> None:
-    last = tiny_run.run_dir / "checkpoints" / "last.ckpt"
-    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={last}", *HALVE_LR_EVERY_2_STEPS))
+@pytest.mark.parametrize("where", ["checkpoints/last.ckpt", "", "checkpoints"])
+def test_resume_continues_step_and_optimizer_state(tiny_config, tiny_run, tmp_path: Path, where: str) -> None:
+    """ckpt_path= names last.ckpt, the run directory, or its checkpoints/ folder (both: their last.ckpt)."""
+    resume = tiny_run.run_dir / where
+    resumed = train(tiny_config(tmp_path, "trainer.max_steps=6", f"ckpt_path={resume}", *HALVE_LR_EVERY_2_STEPS))
     assert resumed.global_step == 6
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     adam = checkpoint["optimizer_states"][0]["state"]
@@ -144,6 +147,24 @@ def test_non_finite_loss_stops_naming_the_step(tiny_config, tmp_path: Path) -> N
     with pytest.raises(NonFiniteLossError, match="global step 3"):
         trainer.fit(module, datamodule=data_module(cfg["data"]))
     assert trainer.global_step == 3  # no optimiser step ran on the non-finite loss
+
+
+def test_last_checkpoint_is_lightnings_on_exception_checkpoint(tiny_run) -> None:
+    """last.ckpt on a signal comes from Lightning's OnExceptionCheckpoint, and survives fit's teardown."""
+    savers = [c for c in tiny_run.module.trainer.callbacks if isinstance(c, OnExceptionCheckpoint)]
+    assert [saver.ckpt_path for saver in savers] == [str(tiny_run.run_dir / "checkpoints" / "last.ckpt")]
+    assert Path(savers[0].ckpt_path).is_file()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tiny_config, tmp_path: Path) -> None:
+    """A NaN at step 3 stops train(); last.ckpt stays the finite one of step 2 (not overwritten on the error)."""
+    cfg = tiny_config(tmp_path, "trainer.max_steps=5", "+callbacks.poison._target_=tests.test_module.PoisonWeightsAt",
+                      "+callbacks.poison.step=3")
+    with pytest.raises(NonFiniteLossError, match="global step 3"):
+        train(cfg)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,7 +150,8 @@ def test_signal_leaves_a_loadable_last_checkpoint(tiny, tmp_path: Path, signum: 
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] >= 2
     assert not list(last.parent.glob(".*.tmp*")), "a temporary checkpoint file was left behind"
-    assert f"ckpt_path={last}" in output
+    # the resume hint names the run directory (ckpt_path= takes it), not the longer path of its last.ckpt
+    assert re.search(rf"Resume: python train.py ... ckpt_path={re.escape(str(tmp_path / 'run'))}$", output, re.M)
     assert process.returncode == 128 + signum
 
 
@@ -218,6 +220,26 @@ def test_missing_data_root_is_one_line_naming_the_fix() -> None:
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.startswith("error: data.root is not set") and done.stderr.count("\n") == 1, done.stderr
     assert "data/README.md" in done.stderr and "experiment=demo" in done.stderr
+
+
+@pytest.mark.parametrize("saved, fix", [
+    ([], "pass a run directory whose checkpoints/ holds one, or a .ckpt file"),
+    (["step_0000002.ckpt", "step_0000004.ckpt"], "pass one of its checkpoints, e.g. ckpt_path={folder}/step_0000004.ckpt"),
+], ids=["empty", "periodic-only"])
+def test_resume_from_a_run_without_last_checkpoint_is_one_line_naming_the_fix(
+        tiny_config, tmp_path: Path, capsys, saved: list[str], fix: str) -> None:
+    """ckpt_path=<run directory> whose checkpoints/ holds no last.ckpt: one line naming the folder and the fix."""
+    folder = tmp_path / "old_run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in saved:
+        (folder / name).write_bytes(b"")
+    cfg = tiny_config(tmp_path / "new_run", f"ckpt_path={folder.parent}")
+    with pytest.raises(SystemExit) as exited:
+        run_job(lambda: train(cfg))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: ckpt_path={folder.parent}: no last.ckpt in {folder}") and error.count("\n") == 1
+    assert fix.format(folder=folder) in error, error
 
 
 @pytest.mark.parametrize("override, names", [
