@@ -357,7 +357,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
                   f"Style model:   {model_path}\n"
                   f"Steps: {trainer.global_step}; unreadable training images skipped: {skipped}", flush=True)
     except SIGTERMException:
-        rank_zero_info(f"Stopped by a signal. Resume: python train.py ... ckpt_path={run_dir}")
+        rank_zero_info(f"Stopped by a signal. Resume: the same command with ckpt_path={run_dir}")
         sigint = any(isinstance(c, SignalStop) and c.interrupted for c in trainer.callbacks)
         raise SystemExit(130 if sigint else 143) from None  # the shells' codes for death by SIGINT / SIGTERM
     finally:

@@ -137,17 +137,12 @@ def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]) -> None:
     """Compose ``config_name`` with ``overrides`` as Hydra will; raise UserError (one line) if it fails."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 
+    from fststyle.cli.config import compose
+
     def composed(chosen: Sequence[str]) -> DictConfig:
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
-                return compose(config_name, overrides=list(chosen))
-        finally:
-            GlobalHydra.instance().clear()
+        return compose(config_name, chosen, folder=config_dir)
 
     try:
         composed(overrides)

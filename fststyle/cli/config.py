@@ -12,25 +12,24 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fststyle.bundled import bundled_path, config_dir
+from fststyle.cli.arguments import OPEN_MAPPINGS
 
 #: ``${bundled:data/styles/starry_night.jpg}``: a file shipped with fststyle, wherever it is installed
 OmegaConf.register_new_resolver("bundled", lambda relative: str(bundled_path(relative)), replace=True)
 
-#: mappings whose entries are data (layer -> weight, callback name -> spec), listed as one setting
-OPEN_MAPPINGS = frozenset({"content_layers", "style_layers", "callbacks"})
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<rest>.*)$")
 
 
-def compose(job: str, overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
-    """conf/<job>.yaml composed with ``overrides`` as the command line composes it (``hydra``: with its
-    ``hydra`` node, e.g. ``hydra.runtime.choices``)."""
+def compose(job: str, overrides: Sequence[str] = (), hydra: bool = False, folder: Path | None = None) -> DictConfig:
+    """conf/<job>.yaml (or ``folder``/<job>.yaml) composed with ``overrides`` as the command line composes it
+    (``hydra``: with its ``hydra`` node, e.g. ``hydra.runtime.choices``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str((folder or config_dir()).resolve()), version_base="1.3"):
             return hydra_compose(config_name=job, overrides=list(overrides), return_hydra_config=hydra)
     finally:
         GlobalHydra.instance().clear()
