@@ -153,8 +153,11 @@ def test_the_wheel_runs_outside_the_repository(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("fststyle-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"fststyle/conf/train.yaml", "fststyle/checkpoints/starry_night.safetensors",
-            "fststyle/sample_data/styles/starry_night.jpg"} <= set(names)
+    shipped = {f"fststyle/conf/{path.relative_to(REPO / 'conf').as_posix()}" for path in (REPO / "conf").rglob("*.yaml")}
+    shipped |= {f"fststyle/checkpoints/{name}.safetensors" for name in shipped_models()}
+    shipped |= {f"fststyle/sample_data/{path.relative_to(REPO / 'data').as_posix()}"
+                for path in (REPO / "data").rglob("*.jpg")}
+    assert shipped <= set(names), sorted(shipped - set(names))
     installed = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(installed), str(wheel)],
                    check=True, capture_output=True, timeout=300)
