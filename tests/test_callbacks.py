@@ -15,18 +15,17 @@ from fststyle.data import StyleDataModule
 from fststyle.images import load_image
 from fststyle.module import StyleTransferModule
 
-REPO = Path(__file__).resolve().parents[1]
 #: a small real training loss on the offline Caffe VGG-19
 LOSS = {"network": {"arch": "vgg19", "weights": "caffe"}, "content_layers": {"relu2_2": 1.0},
         "style_layers": {"relu1_2": 1.0, "relu2_2": 1.0}, "content_weight": 1.0, "style_weight": 1e4,
         "tv_weight": 1e-4}
 SIZE = 32
-PREVIEWS = sorted((REPO / "data/preview").glob("*.jpg"))[:2]
+PREVIEWS = sorted((bundled_path("data/preview")).glob("*.jpg"))[:2]
 
 
 def tiny_module() -> StyleTransferModule:
     torch.manual_seed(0)
-    style = {"name": "starry_night", "paths": [str(REPO / "data/styles/starry_night.jpg")], "blend": None,
+    style = {"name": "starry_night", "paths": [str(bundled_path("data/styles/starry_night.jpg"))], "blend": None,
              "size": SIZE}
     return StyleTransferModule(transformer={"width": 0.25, "residual_blocks": 1}, loss=LOSS, style=style,
                                image_size=SIZE)
@@ -36,7 +35,7 @@ def test_gap_is_logged_to_tensorboard_during_fit_and_training_targets_are_untouc
     module = tiny_module()
     targets = {name: value.clone() for name, value in module.loss.style.named_buffers()}
     target_tensors = dict(module.loss.style.named_buffers())
-    data = StyleDataModule(REPO / "data/coco_sample", image_size=SIZE, batch_size=2, num_workers=0,
+    data = StyleDataModule(bundled_path("data/coco_sample"), image_size=SIZE, batch_size=2, num_workers=0,
                            pin_memory=False, persistent_workers=False, max_images=8)
     callback = GatysGapCallback(photos=PREVIEWS, every_n_steps=2, image_size=SIZE, settings={"steps": 3},
                                 progress=False)

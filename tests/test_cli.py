@@ -12,12 +12,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
 
+from fststyle.bundled import bundled_path, config_dir
 from fststyle.cli.arguments import hydra_quoted, prepare_command_line, quote_path_values
 from fststyle.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-MODEL = REPO / "checkpoints" / "starry_night.safetensors"
+CONF = config_dir()
+MODEL = bundled_path("checkpoints/starry_night.safetensors")
 #: legal file names that Hydra's override grammar rejects or misreads when unquoted
 AWKWARD_NAMES = ["é.jpg", "c(1).jpg", "a, b.jpg", "it's.jpg", 'say "hi".jpg', "x#1 ~y.jpg", "a=b.jpg",
                  "dir\\back\\.jpg", "ends with backslash\\", "${not_an_interpolation}.jpg", "日本 写真.png", "123"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fststyle.bundled import shipped_models
+from fststyle.bundled import bundled_path, shipped_models
 from fststyle.cli.config import setting_descriptions
 from fststyle.cli.main import COMMANDS, job_overrides
 from fststyle.errors import UserError
@@ -153,10 +153,10 @@ def test_the_wheel_runs_outside_the_repository(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("fststyle-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {f"fststyle/conf/{path.relative_to(REPO / 'conf').as_posix()}" for path in (REPO / "conf").rglob("*.yaml")}
+    conf, data = bundled_path("conf"), bundled_path("data")
+    shipped = {f"fststyle/conf/{path.relative_to(conf).as_posix()}" for path in conf.rglob("*.yaml")}
     shipped |= {f"fststyle/checkpoints/{name}.safetensors" for name in shipped_models()}
-    shipped |= {f"fststyle/sample_data/{path.relative_to(REPO / 'data').as_posix()}"
-                for path in (REPO / "data").rglob("*.jpg")}
+    shipped |= {f"fststyle/sample_data/{path.relative_to(data).as_posix()}" for path in data.rglob("*.jpg")}
     assert shipped <= set(names), sorted(shipped - set(names))
     installed = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(installed), str(wheel)],

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fststyle.bundled import bundled_path
 from fststyle.cli import jobs
 from fststyle.compare import (
     ComparisonError,
@@ -43,14 +44,14 @@ def tiny_model(path: Path, metadata: dict | None = None, style_size: int = STYLE
     net = TransformerNet(width=0.25, residual_blocks=1)
     info = {"style": {"name": "starry_night", "paths": [], "blend": None, "size": STYLE_SIZE},
             "loss": LOSS, "image_size": IMAGE_SIZE, "steps": 0} if metadata is None else metadata
-    style = load_image(REPO / "data/styles/starry_night.jpg", style_size)
+    style = load_image(bundled_path("data/styles/starry_night.jpg"), style_size)
     return StyleModel(net, info, style).save(path)
 
 
 def photo_folder(tmp_path: Path, count: int = 2) -> Path:
     folder = tmp_path / "photos"
     folder.mkdir()
-    for source in sorted((REPO / "data/preview").glob("*.jpg"))[:count]:
+    for source in sorted((bundled_path("data/preview")).glob("*.jpg"))[:count]:
         shutil.copy(source, folder / source.name)
     return folder
 
@@ -71,7 +72,7 @@ def test_report_numbers_equal_the_model_loss_on_the_saved_pngs(comparison):
     out, report, code = comparison
     assert code == 0 and not report["failures"] and len(report["photos"]) == 2
     loss = PerceptualLoss.from_config(LOSS)
-    loss.set_style(load_image(REPO / "data/styles/starry_night.jpg", STYLE_SIZE))
+    loss.set_style(load_image(bundled_path("data/styles/starry_night.jpg"), STYLE_SIZE))
     for row in report["photos"]:
         content = load_image(row["photo"], IMAGE_SIZE)
         assert (row["height"], row["width"]) == content.shape[-2:] and max(content.shape[-2:]) == IMAGE_SIZE
@@ -112,7 +113,7 @@ def test_summary_and_markdown_match_the_rows(comparison):
 
 def test_strip_and_overview_have_the_expected_cells_and_labels(comparison):
     out, report, _ = comparison
-    style = load_image(REPO / "data/styles/starry_night.jpg", STYLE_SIZE)
+    style = load_image(bundled_path("data/styles/starry_night.jpg"), STYLE_SIZE)
     rows = []
     for row in report["photos"]:
         results = row["results"]
@@ -233,7 +234,7 @@ def test_an_engine_failing_on_one_photo_is_reported_and_the_rest_still_runs(comp
 
 def test_style_paths_in_the_metadata_are_never_read(tmp_path):
     torch.manual_seed(0)
-    painting = REPO / "data/styles/starry_night.jpg"
+    painting = bundled_path("data/styles/starry_night.jpg")
     info = {"style": {"name": "starry_night", "paths": [str(painting)], "size": STYLE_SIZE}, "loss": LOSS,
             "image_size": IMAGE_SIZE, "steps": 0}
     model = StyleModel(TransformerNet(width=0.25, residual_blocks=1), info).save(tmp_path / "nostyle.safetensors")
@@ -285,7 +286,7 @@ def test_one_comparison_reads_the_model_file_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(style_model, "safe_open", counting_safe_open)
-    photo = sorted((REPO / "data/preview").glob("*.jpg"))[0]
+    photo = sorted((bundled_path("data/preview")).glob("*.jpg"))[0]
     report = compare(model, [photo], tmp_path / "out", engines=["fast"], engine_configs={}, progress=False)
     assert opened == ["open", "safe_open"]
     assert not report["failures"] and report["photos"][0]["results"]["fast"]["losses"]["total"] > 0

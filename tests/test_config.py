@@ -5,19 +5,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
+from fststyle.bundled import config_dir
 from fststyle.data import StyleDataModule
 from fststyle.losses import PerceptualLoss
 from fststyle.module import StyleTransferModule
 from fststyle.optimize import OptimizeSettings, settings_from_config
 from fststyle.transformer import TransformerConfig
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = config_dir()
 
 
 def options(group: str) -> list[str]:

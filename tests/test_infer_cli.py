@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fststyle.bundled import bundled_path
 from fststyle.cli import jobs
 from fststyle.errors import UserError
 from fststyle.files import OUTPUT_MARKER, OverwriteError
@@ -25,7 +26,7 @@ from fststyle.style_model import ModelFileError, StyleModel
 from fststyle.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]
-PREVIEW = REPO / "data" / "preview"
+PREVIEW = bundled_path("data/preview")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from fststyle.bundled import bundled_path
 from fststyle.cli import run_job
 from fststyle.style_model import StyleModel
 from fststyle.training import train
@@ -163,7 +164,7 @@ def test_ddp_rank_whose_batch_is_all_unreadable_neither_deadlocks_nor_ignores_si
     """Two images, one unreadable, batch 1 on each of 2 processes: every step one rank has an empty batch.
     That rank used to skip the step's collective the other rank entered, and both hung for good; SIGTERM could
     not end them. Now the run keeps stepping, and SIGTERM stops both ranks after the same step with last.ckpt."""
-    photo = (REPO / "data/preview/000000000030.jpg").read_bytes()
+    photo = (bundled_path("data/preview/000000000030.jpg")).read_bytes()
     root = coco_folder(tmp_path / "coco", {"photo.jpg": photo, "broken.jpg": photo[:300]})
     hashes, run = tmp_path / "hashes", tmp_path / "run"
     process = start_train(*tiny, *DDP_ON_CPU, f"data.root={root}", "data.batch_size=1", "trainer.max_steps=100000",

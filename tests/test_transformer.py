@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fststyle.bundled import bundled_path
 from fststyle.images import load_image
 from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerConfig, TransformerNet
@@ -51,15 +52,14 @@ def test_invalid_options_are_rejected():
         TransformerConfig(upsample="bilinear")
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_style_model_loads_with_its_keys_and_gives_the_previous_output():
     # reference: checkpoints/starry_night.safetensors run by TransformerNet as of commit e159888 (before the
     # network, its fast inference form and its export copy became one), on the preview photo at 64x48
-    network = StyleModel.load(REPO / "checkpoints" / "starry_night.safetensors").network
-    photo = load_image(REPO / "data" / "preview" / "000000000030.jpg", size=(48, 64))
-    reference = torch.from_numpy(np.load(REPO / "tests" / "data" / "starry_night_photo30_48x64.npy"))
+    network = StyleModel.load(bundled_path("checkpoints/starry_night.safetensors")).network
+    photo = load_image(bundled_path("data/preview/000000000030.jpg"), size=(48, 64))
+    reference = torch.from_numpy(np.load(Path(__file__).with_name("data") / "starry_night_photo30_48x64.npy"))
     with torch.inference_mode():
         torch.testing.assert_close(network(photo), reference, atol=1e-4, rtol=0)
         fast = network.fast_inference()(photo.contiguous(memory_format=torch.channels_last))
