@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -10,9 +11,13 @@ from fststyle.errors import UserError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` -> CUDA when present (under torchrun or SLURM, the GPU of this process's local rank), else
+    CPU; anything else is passed to ``torch.device``."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:

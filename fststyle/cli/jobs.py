@@ -39,7 +39,9 @@ def _existing_files(value: Any, setting: str) -> list[Path]:
 
 def stylize(cfg: DictConfig) -> int:
     """``fststyle stylize``: every photo and folder in ``input`` with ``model``, into ``output``."""
+    from fststyle.files import mark_output_folder
     from fststyle.images import DEFAULT_MAX_PIXELS, check_jpeg_quality, open_image
+    from fststyle.sharding import process_rank, share
     from fststyle.stylize import (
         Stylizer,
         check_file_job,
@@ -78,7 +80,19 @@ def stylize(cfg: DictConfig) -> int:
             folder_images[source] = check_folder_job(source, target, cfg.grid)
         else:
             check_file_job(source, target, cfg.grid)
+    rank, world = process_rank()
+    if world > 1:  # torchrun / SLURM: each process takes a disjoint share of the files and of each folder
+        if cfg.grid is not None:
+            raise UserError("grid= draws every input in one picture; run it in one process (not under torchrun/srun)")
+        mine = set(share([source for source in sources if not source.is_dir()], rank, world))
+        folder_images = {source: share(images, rank, world) for source, images in folder_images.items()}
+        kept = [index for index, source in enumerate(sources) if source.is_dir() or source in mine]
+        sources, targets = [sources[index] for index in kept], [targets[index] for index in kept]
+        log.info("process %d of %d: %d files, %d folder images", rank + 1, world, len(mine),
+                 sum(map(len, folder_images.values())))
     stylizer = stylizer or load()
+    if cfg.output is not None and len(targets) > 1:  # several inputs in one folder: a later run must not read it
+        mark_output_folder(Path(cfg.output), sources)
     status = 0
     for source, target in zip(sources, targets, strict=True):
         if source.is_dir():
