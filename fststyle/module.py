@@ -17,13 +17,19 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
-from fststyle.losses import PerceptualLoss
+from fststyle.losses import PerceptualLoss, feature_mse
 from fststyle.transformer import TransformerConfig, TransformerNet
 
 #: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
 DEFAULT_LR = 1e-3
 SCHEDULES = ("none", "cosine", "step")
 LOSS_PREFIX = "loss."
+#: the training-only loss settings (read here, not by ``PerceptualLoss``): the stability term of Gupta et al.
+#: 2017, "Characterizing and Improving Stability in Neural Style Transfer": weight * MSE between the
+#: outputs for an input and for a noisy copy of it (noise sigma in [0,1] pixel units)
+STABILITY_KEYS = ("stability_weight", "stability_noise")
+#: default noise sigma, 5/255: twice the sensor noise of bench/stability.py's still scene (2.5/255)
+DEFAULT_STABILITY_NOISE = 5.0 / 255.0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -35,7 +41,8 @@ class StyleTransferModule(pl.LightningModule):
 
     Args (all plain containers, saved as hyper-parameters):
         transformer: ``TransformerConfig`` fields, e.g. ``{"width": 1.0, "residual_blocks": 5}``.
-        loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights).
+        loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights), plus the training-only
+            ``stability_weight`` (0: off) and ``stability_noise`` (sigma of the input noise, [0,1] pixel units).
         style: ``{"name", "paths", "blend", "size"}``; the images are read from ``paths`` with their longer
             side resized to ``size`` (None: as is), and the style targets are computed once, here.
         image_size: side of the square training crops (recorded in exported models' metadata).
@@ -55,7 +62,12 @@ class StyleTransferModule(pl.LightningModule):
                                    "image_size": int(image_size), "optimizer": optimizer,
                                    "channels_last": bool(channels_last), "compile": bool(compile)})
         self.transformer = TransformerNet(TransformerConfig(**transformer))
-        self.loss = PerceptualLoss.from_config(loss)
+        self.loss = PerceptualLoss.from_config({k: v for k, v in loss.items() if k not in STABILITY_KEYS})
+        self.stability_weight = float(loss.get("stability_weight", 0.0))
+        self.stability_noise = float(loss.get("stability_noise", DEFAULT_STABILITY_NOISE))
+        if self.stability_weight < 0 or self.stability_noise <= 0:
+            raise UserError(f"loss.stability_weight must be >= 0 and loss.stability_noise > 0, got "
+                            f"{self.stability_weight} and {self.stability_noise}; e.g. loss.stability_weight=0")
         #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
         self.style_images = [load_image(path, size=style.get("size")) for path in style["paths"]]
         self.loss.set_style(self.style_images, style.get("blend"))
@@ -111,7 +123,10 @@ class StyleTransferModule(pl.LightningModule):
             # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
         images = self.to_memory_format(images)
-        terms = self.loss(self(images), images)
+        if self.stability_weight > 0:
+            terms = self.stability_terms(images)
+        else:
+            terms = self.loss(self(images), images)
         total = terms["total"].detach().float()
         stats = torch.stack([(~torch.isfinite(total)).float(), total, torch.ones_like(total)])
         self._step_stats = stats if self._step_stats is None else self._step_stats + stats
@@ -121,6 +136,16 @@ class StyleTransferModule(pl.LightningModule):
         self.log_dict({f"train/{name}": value for name, value in terms.items()},
                       on_step=True, on_epoch=False, batch_size=images.shape[0])
         return terms["total"]
+
+    def stability_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss terms of clean images N,3,H,W plus ``stability``: weight * MSE(output of a noisy copy,
+        output of the images), added to ``total``; both outputs come from one transformer call (2N images)."""
+        noisy = (images + self.stability_noise * torch.randn_like(images)).clamp(0.0, 1.0)
+        clean_out, noisy_out = self(torch.cat([images, noisy])).chunk(2)
+        terms = self.loss(clean_out, images)
+        terms["stability"] = self.stability_weight * feature_mse(noisy_out, clean_out)
+        terms["total"] = terms["total"] + terms["stability"]
+        return terms
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The step's one collective and one device sync: stop on a non-finite loss or a stop request.
