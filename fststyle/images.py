@@ -12,7 +12,7 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -353,9 +353,10 @@ def save_image(
     return path
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """All image files under `folder` (recursive, sorted); hidden files and folders are skipped, and so are
-    sub-folders that fststyle wrote outputs into (they hold files.OUTPUT_MARKER)."""
+def list_images(folder: str | os.PathLike, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """All image files (or files with other ``suffixes``, lower case) under `folder` (recursive, sorted); hidden
+    files and folders are skipped, and so are sub-folders that fststyle wrote outputs into (they hold
+    files.OUTPUT_MARKER)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -366,7 +367,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
                          if not name.startswith(".") and not os.path.isfile(os.path.join(directory, name, OUTPUT_MARKER))]
         for name in names:
             path = Path(directory, name)
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if not name.startswith(".") and path.suffix.lower() in suffixes and path.is_file():
                 found.append(path)
     return sorted(found)
 

@@ -51,11 +51,16 @@ def import_cv2() -> Any:
     return cv2
 
 
-def temporal_smoother(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The per-frame smoother for ``temporal=mode``: None for "none", a new ``FlowSmoother`` for "flow"."""
+def check_temporal_mode(mode: str) -> str:
+    """``mode`` if it is one of TEMPORAL_MODES, else a UserError naming them."""
     if mode not in TEMPORAL_MODES:
         raise UserError(f"temporal={mode!r} is not a temporal mode; choose one of {', '.join(TEMPORAL_MODES)}")
-    return FlowSmoother() if mode == "flow" else None
+    return mode
+
+
+def temporal_smoother(mode: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The per-frame smoother for ``temporal=mode``: None for "none", a new ``FlowSmoother`` for "flow"."""
+    return FlowSmoother() if check_temporal_mode(mode) == "flow" else None
 
 
 def to_hwc(image: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,266 @@
+"""Video in, video out: decode with PyAV, stylise in batches, encode H.264, copy the audio untouched.
+
+    report = stylize_video(Stylizer.load("starry_night"), "clip.mp4", "clip_starry.mp4")
+
+Streams: at most ``batch_size`` decoded frames are held, so memory does not grow with the clip's length
+(docs/stylize.md §Video has the measurement). Every frame keeps its timestamp (variable frame rate too),
+the output has the input's size and display rotation, and audio packets are remuxed without re-encoding.
+The output is written beside the target under a temporary name and renamed only when complete.
+PyAV is the optional extra ``fststyle[video]``; it is imported only when a video is stylised.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from fststyle.errors import UserError
+from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
+
+#: containers fststyle reads and writes videos in; each takes H.264 video and the usual audio codecs
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+#: x264 constant rate factor: 0 lossless .. 51 worst; 18 is "visually lossless or nearly so"
+#: (FFmpeg's H.264 encoding guide, trac.ffmpeg.org/wiki/Encode/H.264; x264's own default is 23)
+DEFAULT_VIDEO_QUALITY = 18
+DEFAULT_VIDEO_CODEC = "libx264"
+
+#: stylised frame (3,H,W in [0,1]) of the original frame (3,H,W) -> the frame to encode (3,H,W)
+Smoother = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class VideoReadError(UserError):
+    """A video input cannot be stylised (truncated, no frames, no video stream, unknown codec)."""
+
+
+def _import_av() -> Any:
+    """The ``av`` module, or a UserError that says how to install it."""
+    try:
+        import av
+    except ImportError:
+        raise UserError('video needs PyAV: pip install "fststyle[video]"') from None
+    return av
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s suffix is one of VIDEO_SUFFIXES (case-insensitive)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def check_video_suffix(path: str | os.PathLike) -> Path:
+    """Return ``path`` if its suffix is a video container fststyle writes, else raise UserError."""
+    path = Path(path)
+    if not is_video(path):
+        raise UserError(f"output {path}: a video needs a video output, one of {', '.join(VIDEO_SUFFIXES)} "
+                        f"(e.g. output={path.with_suffix('.mp4')})")
+    return path
+
+
+def check_video_job(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Raise UserError unless ``source`` can be stylised into ``target``: a video suffix, a writable folder,
+    and not the input itself."""
+    target = check_video_suffix(target)
+    check_writable(target)
+    refuse_overwriting_inputs([source], [target])
+
+
+def check_video_codec(codec: str) -> str:
+    """Return ``codec`` if PyAV's FFmpeg has an encoder of that name, else raise UserError."""
+    av = _import_av()
+    try:
+        av.codec.Codec(codec, "w")
+    except (ValueError, av.FFmpegError):
+        raise UserError(f"video_codec={codec!r} is not a video encoder this FFmpeg has; "
+                        f"e.g. video_codec={DEFAULT_VIDEO_CODEC}") from None
+    return codec
+
+
+def check_video_quality(quality: int) -> int:
+    """Return ``quality`` if it is an x264 CRF (an integer 0..51), else raise UserError."""
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 51:
+        raise UserError(f"video_quality must be an x264 CRF, an integer from 0 (lossless) to 51 (worst), "
+                        f"got {quality!r}; e.g. video_quality={DEFAULT_VIDEO_QUALITY}")
+    return quality
+
+
+@dataclass
+class VideoReport:
+    """What ``stylize_video`` wrote: the output, its frame count, the audio streams copied, wall seconds."""
+
+    target: Path
+    frames: int
+    audio_streams: int
+    seconds: float
+
+    def summary(self) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return (f"wrote {self.target}: {self.frames} frames in {self.seconds:.1f} s ({rate:.1f} frames/s), "
+                f"{self.audio_streams} audio stream(s) copied")
+
+
+def _display_matrix(frame: Any) -> tuple[int, ...] | None:
+    """The frame's display matrix side data (9 int32, FFmpeg's AV_PKT_DATA_DISPLAYMATRIX layout), or None."""
+    for item in frame.side_data:
+        if item.type.name == "DISPLAYMATRIX":
+            return struct.unpack("<9i", bytes(item))
+    return None
+
+
+def _declared_seconds(stream: Any) -> float | None:
+    """The video stream's duration in seconds as the container declares it (Matroska: the DURATION tag)."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")  # "HH:MM:SS.fffffffff", written by FFmpeg's Matroska muxer
+    if tag:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return None
+
+
+def _expected_frames(stream: Any) -> int | None:
+    """The frame count the container declares for ``stream``, or its duration times its average rate
+    (None where it says neither)."""
+    if stream.frames:
+        return int(stream.frames)
+    seconds = _declared_seconds(stream)
+    if seconds is not None and stream.average_rate:
+        return round(seconds * stream.average_rate)
+    return None
+
+
+def stylize_video(stylizer: Any, source: str | os.PathLike, target: str | os.PathLike, *, batch_size: int = 4,
+                  quality: int = DEFAULT_VIDEO_QUALITY, codec: str = DEFAULT_VIDEO_CODEC,
+                  smoother: Smoother | None = None, progress: bool = True) -> VideoReport:
+    """Stylise every frame of the video ``source`` with ``stylizer`` (a fststyle.stylize.Stylizer: strength,
+    preserve_color and tiling apply) into ``target``, ``batch_size`` frames at a time.
+
+    ``quality``: the encoder's CRF (lower is better, larger). ``smoother(frame, stylised)``: applied to each
+    stylised frame (3,H,W in [0,1]) in display order. Raises VideoReadError naming ``source`` for a file that
+    is not a video, has no video stream, no frames, an unknown codec, or ends early; nothing is left under
+    ``target`` then."""
+    av = _import_av()
+    source, target = Path(source), Path(target)
+    check_video_job(source, target)
+    quality, codec = check_video_quality(quality), check_video_codec(codec)
+    start = time.perf_counter()
+    try:
+        container = av.open(str(source))
+    except av.FFmpegError as error:
+        raise VideoReadError(f"{source}: not a readable video, or truncated ({error.strerror or error}); "
+                             f"pass a complete {'/'.join(VIDEO_SUFFIXES)} file") from None
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(f"{source}: no video stream (audio only?); pass a video file")
+        video = container.streams.video[0]
+        if video.codec_context is None:
+            raise VideoReadError(f"{source}: unknown video codec; convert it, e.g. ffmpeg -i {source.name} "
+                                 f"-c:v libx264 {source.stem}_h264.mp4")
+        audio = list(container.streams.audio)
+        expected = _expected_frames(video)
+        with atomic_write(target) as temporary:
+            frames = _transcode(av, container, video, audio, temporary, stylizer, source, batch_size=batch_size,
+                                quality=quality, codec=codec, smoother=smoother,
+                                bar=tqdm(total=expected, desc=f"stylising {source.name}", unit="frame",
+                                         disable=not progress))
+            if frames == 0:
+                raise VideoReadError(f"{source}: the video stream has no frames; pass a video with frames")
+            # a count the container stores is exact; one from duration x average rate is not (variable frame
+            # rate, rounding), so that one needs a margin of two frames (an arbitrary, generous rounding bound)
+            margin = 0 if video.frames else 2
+            if expected is not None and frames < expected - margin:
+                raise VideoReadError(f"{source}: truncated: decoded {frames} of the {expected} frames it declares; "
+                                     "pass the complete file")
+    return VideoReport(target, frames, len(audio), time.perf_counter() - start)
+
+
+def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary: Path, stylizer: Any,
+               source: Path, *, batch_size: int, quality: int, codec: str, smoother: Smoother | None,
+               bar: tqdm) -> int:
+    """Demux ``container`` once: video frames stylised and encoded into ``temporary``, audio packets copied.
+    Returns the number of frames written."""
+    output = av.open(str(temporary), "w", format=_muxer(temporary))
+    out_audio = {stream.index: output.add_stream_from_template(stream) for stream in audio}
+    out_video = None
+    held_audio: list[Any] = []  # audio packets before the first video frame fixes the video stream's settings
+    batch: list[Any] = []
+    written = 0
+
+    def encode(frames: list[Any]) -> None:
+        nonlocal written
+        pixels = torch.stack([torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in frames])
+        originals = pixels.permute(0, 3, 1, 2).float().div_(255)
+        stylised = stylizer.stylize(originals).cpu()
+        for frame, original, image in zip(frames, originals, stylised, strict=True):
+            if smoother is not None:
+                image = smoother(original, image)
+            array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+            encoded = av.VideoFrame.from_ndarray(array, format="rgb24")
+            encoded.pts, encoded.time_base = frame.pts, frame.time_base
+            for packet in out_video.encode(encoded):
+                output.mux(packet)
+            written += 1
+            bar.update(1)
+
+    try:
+        try:
+            for packet in container.demux(video, *audio):
+                if packet.stream.type == "audio":
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.stream = out_audio[packet.stream.index]
+                    if out_video is None:
+                        held_audio.append(packet)
+                    else:
+                        output.mux(packet)
+                    continue
+                for frame in packet.decode():
+                    if out_video is None:
+                        out_video = _video_stream(output, video, frame, codec, quality)
+                        for held in held_audio:
+                            output.mux(held)
+                        held_audio.clear()
+                    batch.append(frame)
+                    if len(batch) >= batch_size:
+                        encode(batch)
+                        batch = []
+            if batch:
+                encode(batch)
+            if out_video is not None:
+                for packet in out_video.encode():
+                    output.mux(packet)
+        except av.FFmpegError as error:
+            raise VideoReadError(f"{source}: FFmpeg failed while decoding or writing it ({error.strerror or error}); "
+                                 f"the file may be damaged, or its audio may not fit in {temporary.suffix} "
+                                 f"(try -o {source.stem}.mkv)") from None
+    finally:
+        bar.close()
+        output.close()
+    return written
+
+
+def _muxer(path: Path) -> str:
+    """FFmpeg's muxer for the output suffix (the temporary name keeps the suffix, but say it outright)."""
+    return {".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower(), "mp4")
+
+
+def _video_stream(output: Any, video: Any, first: Any, codec: str, quality: int) -> Any:
+    """The output video stream: ``codec`` at CRF ``quality``, the input's size, time base and display matrix."""
+    stream = output.add_stream(codec, rate=video.average_rate or video.guessed_rate,
+                               options={"crf": str(quality)} if codec in ("libx264", "libx265") else {})
+    stream.width, stream.height = first.width, first.height
+    # 4:2:0 needs even sides; odd-sized videos keep full-resolution chroma instead of losing a row or column
+    stream.pix_fmt = "yuv420p" if first.width % 2 == 0 and first.height % 2 == 0 else "yuv444p"
+    stream.time_base = video.time_base
+    stream.codec_context.time_base = video.time_base
+    matrix = _display_matrix(first)
+    if matrix is not None:
+        stream.set_display_matrix(matrix)
+    return stream
+

@@ -1,0 +1,204 @@
+"""Video in, video out (fststyle.video): every frame with its timestamp, the size, the rotation and the audio
+kept; bad files named in one line; no partial output under a final name; folders with videos."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fststyle.errors import UserError
+from fststyle.stylize import Stylizer
+from fststyle.transformer import TransformerNet
+from fststyle.video import VideoReadError, stylize_video
+
+av = pytest.importorskip("av")
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT, FRAMES = 96, 64, 24
+MILLISECOND = Fraction(1, 1000)
+PROGRESS = re.compile(r"frame/s|s/frame")  # tqdm's progress lines (frames/s and ETA) on stderr
+
+
+def make_clip(path: Path, photo: Path, *, frames: int = FRAMES, variable_rate: bool = False, rotation: int = 0,
+              audio: bool = True, video: bool = True) -> Path:
+    """A pan across ``photo`` (WIDTH x HEIGHT, ``frames`` frames at 24 fps, or alternating 20/40 ms frames),
+    with ``rotation`` in its display matrix and a 440 Hz mono AAC track."""
+    strip = np.asarray(Image.open(photo).convert("RGB").resize((2 * WIDTH, HEIGHT)))
+    output = av.open(str(path), "w")
+    if video:
+        stream = output.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = MILLISECOND
+        if rotation:
+            stream.set_display_rotation(rotation)
+    sound = output.add_stream("aac", rate=16000, layout="mono") if audio else None
+    pts = 0
+    for index in range(frames if video else 0):
+        left = index * WIDTH // FRAMES
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(strip[:, left:left + WIDTH]), format="rgb24")
+        frame.pts, frame.time_base = pts, MILLISECOND
+        pts += (40 if index % 2 else 20) if variable_rate else 42
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    if video:
+        for packet in stream.encode():
+            output.mux(packet)
+    if sound is not None:
+        samples = max(frames, 1) * 16000 // 24
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 16000)).astype(np.float32)[None]
+        for start in range(0, samples, 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
+                                               layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, start
+            for packet in sound.encode(chunk):
+                output.mux(packet)
+        for packet in sound.encode():
+            output.mux(packet)
+    output.close()
+    return path
+
+
+def probe(path: Path) -> dict:
+    """Frame count, frame times (s), size, rotation and audio packet count of a video file."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    with av.open(str(path)) as container:
+        audio = [packet for packet in container.demux(audio=0) if packet.dts is not None] \
+            if container.streams.audio else []
+    return {"frames": len(frames), "times": [float(frame.pts * frame.time_base) for frame in frames],
+            "size": (frames[0].width, frames[0].height), "rotation": frames[0].rotation, "audio_packets": len(audio),
+            "pixels": np.stack([frame.to_ndarray(format="rgb24") for frame in frames]).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small clips made once: a rotated VFR pan with audio, a truncated one, one without frames, audio only,
+    a text file named .mp4."""
+    folder = tmp_path_factory.mktemp("clips")
+    photo = REPO / "data" / "preview" / "000000000030.jpg"
+    pan = make_clip(folder / "pan.mp4", photo, variable_rate=True, rotation=90)
+    whole = make_clip(folder / "whole.mkv", photo)
+    (folder / "truncated.mkv").write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    (folder / "truncated.mp4").write_bytes(pan.read_bytes()[:pan.stat().st_size // 2])
+    make_clip(folder / "empty.mkv", photo, frames=0)
+    make_clip(folder / "sound.mp4", photo, video=False)
+    (folder / "notes.mp4").write_text("not a video\n")
+    return {path.stem if path.suffix == ".mp4" else path.name: path for path in folder.iterdir()}
+
+
+def tiny_stylizer(**options: object) -> Stylizer:
+    torch.manual_seed(0)
+    return Stylizer(TransformerNet(width=0.25, residual_blocks=1).eval(), **options)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden files (atomic-write temporaries) left in ``folder``, recursively."""
+    return [path.name for path in folder.rglob(".*") if path.name != ".fststyle-output"]
+
+
+def test_every_frame_its_timestamp_the_size_rotation_and_audio_are_kept(clips: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    source = probe(clips["pan"])
+    assert len(set(np.diff(source["times"]).round(3))) == 2  # the clip itself has a variable frame rate
+    report = stylize_video(tiny_stylizer(), clips["pan"], tmp_path / "out.mp4", batch_size=5, progress=False)
+    out = probe(tmp_path / "out.mp4")
+    assert report.frames == out["frames"] == FRAMES and report.audio_streams == 1
+    assert out["times"] == pytest.approx(source["times"], abs=1e-3)
+    assert out["size"] == (WIDTH, HEIGHT) and out["rotation"] == source["rotation"] == 90
+    assert out["audio_packets"] == source["audio_packets"] > 0
+    assert np.abs(out["pixels"] - source["pixels"]).mean() > 10  # stylised, not copied
+    assert leftovers(tmp_path) == []
+
+
+def test_strength_and_the_smoother_apply_to_every_frame_in_order(clips: dict[str, Path], tmp_path: Path) -> None:
+    seen = []
+
+    def smoother(frame: torch.Tensor, stylised: torch.Tensor) -> torch.Tensor:
+        seen.append(frame.mean().item())
+        assert torch.equal(frame, stylised)  # strength=0: the stylizer returns the frame itself
+        return 1 - stylised
+
+    stylize_video(tiny_stylizer(strength=0.0), clips["pan"], tmp_path / "out.mkv", batch_size=7, quality=0,
+                  smoother=smoother, progress=False)
+    source, out = probe(clips["pan"]), probe(tmp_path / "out.mkv")
+    assert seen == pytest.approx(source["pixels"].mean(axis=(1, 2, 3)) / 255, abs=1e-4)
+    assert np.abs(out["pixels"] - (255 - source["pixels"])).mean() < 3  # the smoother's frames, near lossless
+
+
+def test_quality_is_the_encoders_crf(clips: dict[str, Path], tmp_path: Path) -> None:
+    sizes = {}
+    for crf in (0, 40):
+        stylize_video(tiny_stylizer(), clips["pan"], tmp_path / f"crf{crf}.mp4", quality=crf, progress=False)
+        sizes[crf] = (tmp_path / f"crf{crf}.mp4").stat().st_size
+    assert sizes[0] > 3 * sizes[40]
+    with pytest.raises(UserError, match="video_quality"):
+        stylize_video(tiny_stylizer(), clips["pan"], tmp_path / "bad.mp4", quality=60, progress=False)
+
+
+@pytest.mark.parametrize("name", ["truncated.mkv", "truncated", "empty.mkv", "sound", "notes"])
+def test_a_bad_video_is_a_read_error_naming_it_and_leaves_no_output(clips: dict[str, Path], tmp_path: Path,
+                                                                    name: str) -> None:
+    with pytest.raises(VideoReadError, match=str(clips[name])) as caught:
+        stylize_video(tiny_stylizer(), clips[name], tmp_path / "out.mp4", progress=False)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_pyav_the_error_says_how_to_install_it(clips: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    with pytest.raises(UserError, match=r'pip install "fststyle\[video\]"'):
+        stylize_video(tiny_stylizer(), clips["pan"], tmp_path / "out.mp4", progress=False)
+
+
+def run(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_stylize_and_infer_py_write_a_video(clips: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(clips["pan"].read_bytes())
+    result = run("-m", "fststyle", "stylize", "clip.mp4", "--model", "starry_night", "batch_size=8", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert probe(tmp_path / "clip_starry_night.mp4")["frames"] == FRAMES
+    result = run(str(REPO / "infer.py"), f"model={REPO / 'checkpoints/starry_night.safetensors'}", "input=clip.mp4",
+                 "output=out.mp4", "preserve_color=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert probe(tmp_path / "out.mp4")["rotation"] == 90
+
+
+@pytest.mark.parametrize("name", ["truncated.mkv", "empty.mkv", "sound", "notes"])
+def test_a_bad_video_is_one_line_exit_2(clips: dict[str, Path], tmp_path: Path, name: str) -> None:
+    source = tmp_path / clips[name].name
+    source.write_bytes(clips[name].read_bytes())
+    result = run("-m", "fststyle", "stylize", source.name, "-m", "starry_night", "-o", "out.mp4", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS.search(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and source.name in lines[0], result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == [source.name]
+
+
+def test_in_a_folder_the_other_files_still_run_and_the_status_is_1(clips: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "holiday"
+    (folder / "day1").mkdir(parents=True)
+    (folder / "day1" / "pan.mp4").write_bytes(clips["pan"].read_bytes())
+    for name in ("truncated.mkv", "empty.mkv", "sound", "notes"):
+        (folder / clips[name].name).write_bytes(clips[name].read_bytes())
+    Image.open(REPO / "data" / "preview" / "000000000030.jpg").resize((48, 32)).save(folder / "photo.jpg")
+    result = run("-m", "fststyle", "stylize", "holiday", "-m", "starry_night", "-o", "styled", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    log = result.stdout + result.stderr
+    for name in ("truncated.mkv", "empty.mkv", "sound.mp4", "notes.mp4"):
+        assert str(Path("holiday") / name) in log
+    written = sorted(str(path.relative_to(tmp_path / "styled")) for path in (tmp_path / "styled").rglob("*"))
+    assert written == [".fststyle-output", "day1", "day1/pan.mp4", "photo.jpg"]
+    assert probe(tmp_path / "styled" / "day1" / "pan.mp4")["frames"] == FRAMES
