@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fststyle.bundled import bundled_path
 from fststyle.errors import UserError
 from fststyle.stylize import Stylizer
 from fststyle.transformer import TransformerNet
@@ -202,3 +203,34 @@ def test_in_a_folder_the_other_files_still_run_and_the_status_is_1(clips: dict[s
     written = sorted(str(path.relative_to(tmp_path / "styled")) for path in (tmp_path / "styled").rglob("*"))
     assert written == [".fststyle-output", "day1", "day1/pan.mp4", "photo.jpg"]
     assert probe(tmp_path / "styled" / "day1" / "pan.mp4")["frames"] == FRAMES
+
+
+def still_noisy_clip(path: Path, frames: int = 12) -> Path:
+    """A still photo with fresh Gaussian sensor noise (sigma 3 levels) in every frame, near-lossless H.264."""
+    photo = np.asarray(Image.open(bundled_path("data/preview/000000000030.jpg")).convert("RGB").resize((WIDTH, HEIGHT)))
+    noise = np.random.default_rng(0)
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream("libx264", rate=24, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv444p"
+        for _ in range(frames):
+            pixels = np.clip(photo + noise.normal(0, 3, photo.shape), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path
+
+
+def test_temporal_flow_is_the_default_and_calms_flicker_through_the_command(tmp_path: Path) -> None:
+    still_noisy_clip(tmp_path / "still.mp4")
+    change = {}
+    for mode in ("flow", "none"):
+        extra = () if mode == "flow" else ("temporal=none",)  # flow: the default
+        result = run("-m", "fststyle", "stylize", "still.mp4", "-m", "starry_night", "-o", f"{mode}.mp4",
+                     "video_quality=0", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        pixels = probe(tmp_path / f"{mode}.mp4")["pixels"]
+        change[mode] = float(np.abs(np.diff(pixels, axis=0)).mean())
+    assert change["flow"] < 0.6 * change["none"], change
+    result = run("-m", "fststyle", "stylize", "still.mp4", "-m", "starry_night", "temporal=flwo", cwd=tmp_path)
+    assert result.returncode == 2 and "choose one of none, flow" in result.stderr, result.stderr
