@@ -14,3 +14,12 @@ class UserError(ValueError):
 
 class InputNotFoundError(UserError, FileNotFoundError):
     """An input file or folder named by the user does not exist (also a FileNotFoundError, as before)."""
+
+
+def check_integer_setting(setting: str, value: object, low: int, high: int, meaning: str, default: int) -> int:
+    """``value`` if it is an integer in ``low..high`` (not a bool), else a UserError naming ``setting``, what
+    its numbers mean and its default."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserError(f"{setting}={value!r} must be an integer from {low} to {high} ({meaning}); "
+                        f"e.g. {setting}={default}, the default")
+    return value

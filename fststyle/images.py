@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps
 
-from fststyle.errors import InputNotFoundError, UserError
+from fststyle.errors import InputNotFoundError, UserError, check_integer_setting
 from fststyle.files import OUTPUT_MARKER, atomic_write
 
 # Pillow raises DecompressionBombError above 2 * Image.MAX_IMAGE_PIXELS (= 178,956,970 pixels, about
@@ -310,10 +310,8 @@ def check_image_suffix(path: str | os.PathLike) -> Path:
 
 def check_jpeg_quality(quality: int) -> int:
     """Return `quality` if it is a JPEG/WebP quality Pillow accepts (an integer 1..100), else raise UserError."""
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise UserError(f"jpeg_quality={quality!r} must be an integer from 1 to 100 "
-                        f"(e.g. jpeg_quality={DEFAULT_JPEG_QUALITY}, the default)")
-    return quality
+    return check_integer_setting("jpeg_quality", quality, 1, 100, "Pillow's JPEG/WebP quality scale",
+                                 DEFAULT_JPEG_QUALITY)
 
 
 def save_image(

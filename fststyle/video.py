@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fststyle.errors import UserError
+from fststyle.errors import UserError, check_integer_setting
 from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
 
 #: containers fststyle reads and writes videos in; each takes H.264 video and the usual audio codecs
@@ -84,10 +84,8 @@ def check_video_codec(codec: str) -> str:
 
 def check_video_quality(quality: int) -> int:
     """Return ``quality`` if it is an x264 CRF (an integer 0..51), else raise UserError."""
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 51:
-        raise UserError(f"video_quality must be an x264 CRF, an integer from 0 (lossless) to 51 (worst), "
-                        f"got {quality!r}; e.g. video_quality={DEFAULT_VIDEO_QUALITY}")
-    return quality
+    return check_integer_setting("video_quality", quality, 0, 51, "x264's CRF: 0 lossless, 51 worst",
+                                 DEFAULT_VIDEO_QUALITY)
 
 
 @dataclass
