@@ -14,8 +14,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from fststyle.bundled import bundled_path, config_dir
 from fststyle.cli.arguments import OPEN_MAPPINGS
 
-#: ``${bundled:data/styles/starry_night.jpg}``: a file shipped with fststyle, wherever it is installed
-OmegaConf.register_new_resolver("bundled", lambda relative: str(bundled_path(relative)), replace=True)
+
+def register_resolvers() -> None:
+    """Teach OmegaConf ``${bundled:data/styles/starry_night.jpg}``: a file shipped with fststyle, wherever it is
+    installed. Every composition of a job config goes through here first."""
+    if not OmegaConf.has_resolver("bundled"):
+        OmegaConf.register_new_resolver("bundled", lambda relative: str(bundled_path(relative)))
+
 
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<rest>.*)$")
 
@@ -27,6 +32,7 @@ def compose(job: str, overrides: Sequence[str] = (), hydra: bool = False, folder
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str((folder or config_dir()).resolve()), version_base="1.3"):

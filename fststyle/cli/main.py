@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from fststyle.cli import command_line, run_job, user_errors_exit
 from fststyle.cli.arguments import hydra_quoted
@@ -97,8 +98,6 @@ def _parser(name: str, command: Command) -> argparse.ArgumentParser:
 
 def _split(arguments: Sequence[str], command: Command) -> tuple[list[str], list[str]]:
     """(paths, overrides): an existing path is a path, ``key=value`` a setting, anything else a path."""
-    from pathlib import Path
-
     paths, overrides = [], []
     for argument in arguments:
         if command.positional is not None and Path(argument).exists():
@@ -171,9 +170,10 @@ def launch(name: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> No
     import hydra
 
     from fststyle.bundled import config_dir
-    from fststyle.cli.config import compose  # noqa: F401  (registers the ${bundled:...} resolver)
+    from fststyle.cli.config import register_resolvers
     from fststyle.cli.jobs import CONFIG_JOBS
 
+    register_resolvers()
     folder = config_dir()
     job = CONFIG_JOBS[name]
     os.environ[COMMAND_ENV] = name
