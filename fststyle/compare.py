@@ -75,7 +75,7 @@ def style_images(model: StyleModel, style_paths: Sequence[str | Path] | None = N
                 f"{model.path}: the model stores no style image, and compare never reads the style.paths a model's "
                 "metadata names; name the style image(s) it was trained on with style=painting.jpg "
                 "(style='[a.jpg,b.jpg]' for several), or use the .safetensors fststyle train writes, which stores it.")
-        images = list(stored.split(1))
+        images = list(stored)
     size = style.get("size")
     if size is None:
         return images

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
 from fststyle.losses import PerceptualLoss, feature_mse
-from fststyle.transformer import TransformerConfig, TransformerNet
+from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet
 
 #: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
 DEFAULT_LR = 1e-3
@@ -37,14 +39,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class StyleTransferModule(pl.LightningModule):
-    """Trains ``transformer`` (N,3,H,W -> N,3,H,W in [0,1]) to minimise ``loss`` for one style (or a blend).
+    """Trains ``transformer`` (N,3,H,W -> N,3,H,W in [0,1]) to minimise ``loss`` for one style, a blend, or
+    several styles at once in one network of conditional instance norms (Dumoulin et al. 2017).
 
     Args (all plain containers, saved as hyper-parameters):
         transformer: ``TransformerConfig`` fields, e.g. ``{"width": 1.0, "residual_blocks": 5}``.
         loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights), plus the training-only
             ``stability_weight`` (0: off) and ``stability_noise`` (sigma of the input noise, [0,1] pixel units).
-        style: ``{"name", "paths", "blend", "size"}``; the images are read from ``paths`` with their longer
-            side resized to ``size`` (None: as is), and the style targets are computed once, here.
+        style: ``{"name", "paths", "blend", "size", "names"}``; the images are read from ``paths`` with their
+            longer side resized to ``size`` (None: as is), and the style targets are computed once, here.
+            ``names`` (one per path) makes each image a style of its own, with its own scale and shift in every
+            instance norm; each image of a batch is paired with one of them, in turn. Without ``names`` the
+            images' Gram targets blend (weights ``blend``) into one style.
+        finetune: ``{"from", "styles": [{"name", "steps"}...]}``: the network's first styles are those of the
+            trained model ``from`` (loaded by ``fststyle.training``); they and every convolution stay frozen,
+            and only the new styles' scale and shift train.
         image_size: side of the square training crops (recorded in exported models' metadata).
         optimizer: ``{"lr", "schedule": none|cosine|step, "step_size", "gamma", "min_lr"}``.
         channels_last: keep transformer, VGG and batches in NHWC memory format (GPU tensor cores).
@@ -53,14 +62,21 @@ class StyleTransferModule(pl.LightningModule):
 
     def __init__(self, transformer: dict[str, Any], loss: dict[str, Any], style: dict[str, Any],
                  image_size: int, optimizer: dict[str, Any] | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, finetune: dict[str, Any] | None = None) -> None:
         super().__init__()
         optimizer = {"lr": DEFAULT_LR, "schedule": "none", **(optimizer or {})}
         if optimizer["schedule"] not in SCHEDULES:
             raise UserError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {optimizer['schedule']!r}")
-        self.save_hyperparameters({"transformer": dict(transformer), "loss": dict(loss), "style": dict(style),
+        #: the styles learned apart (one scale and shift each); None: one style, or one blend of the images
+        self.style_names: list[str] | None = list(style["names"]) if style.get("names") else None
+        #: styles of the fine-tuned model, frozen; the trained ones follow them in the network
+        self.frozen_styles = len((finetune or {}).get("styles") or [])
+        trained_styles = len(self.style_names) if self.style_names else 1
+        transformer = {**transformer, "styles": self.frozen_styles + trained_styles}
+        self.save_hyperparameters({"transformer": transformer, "loss": dict(loss), "style": dict(style),
                                    "image_size": int(image_size), "optimizer": optimizer,
-                                   "channels_last": bool(channels_last), "compile": bool(compile)})
+                                   "channels_last": bool(channels_last), "compile": bool(compile),
+                                   "finetune": finetune})
         self.transformer = TransformerNet(TransformerConfig(**transformer))
         self.loss = PerceptualLoss.from_config({k: v for k, v in loss.items() if k not in STABILITY_KEYS})
         self.stability_weight = float(loss.get("stability_weight", 0.0))
@@ -70,7 +86,23 @@ class StyleTransferModule(pl.LightningModule):
                             f"{self.stability_weight} and {self.stability_noise}; e.g. loss.stability_weight=0")
         #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
         self.style_images = [load_image(path, size=style.get("size")) for path in style["paths"]]
-        self.loss.set_style(self.style_images, style.get("blend"))
+        #: the style images the exported model stores, in the network's style order (a fine-tune puts its base
+        #: model's in front; None when that model stores none)
+        self.model_style_images: list[torch.Tensor] | None = list(self.style_images)
+        #: one targeted copy of the loss's style term per trained style, when the network holds several
+        self.style_terms = nn.ModuleList()
+        if self.transformer.config.styles > 1:
+            if self.loss.style is None:
+                raise UserError("several styles in one network need style layers (loss.style_layers)")
+            for image in self.style_images:
+                term = self.loss.style.untargeted_copy()
+                with torch.no_grad():
+                    term.set_targets_from_images(self.loss.vgg, [image], [1.0])
+                self.style_terms.append(term)
+        else:
+            self.loss.set_style(self.style_images, style.get("blend"))
+        if self.frozen_styles:
+            self._freeze_all_but_new_styles()
         self.channels_last = channels_last
         if channels_last:
             self.transformer.to(memory_format=torch.channels_last)
@@ -97,10 +129,58 @@ class StyleTransferModule(pl.LightningModule):
         #: the global step of the latest preview grid (None: none yet)
         self.last_preview_step: int | None = None
 
+    def _freeze_all_but_new_styles(self) -> None:
+        """Fine-tuning: no gradient for the convolutions, and none for the frozen styles' rows of the S,C norm
+        scale and shift (a zero gradient leaves Adam's step exactly zero, so those rows stay bit-identical)."""
+        keep = torch.arange(self.transformer.config.styles) >= self.frozen_styles
+        for module in self.transformer.modules():
+            for parameter in module.parameters(recurse=False):
+                if isinstance(module, InstanceNorm2d):
+                    parameter.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype)[:, None])
+                else:
+                    parameter.requires_grad_(False)
+
     # ---- training ---------------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Stylise N,3,H,W images in [0,1] -> N,3,H,W in [0,1]."""
-        return self.transformer(self.to_memory_format(images))
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Stylise N,3,H,W images in [0,1] -> N,3,H,W in [0,1]; ``style_weights`` N,S when the network holds
+        several styles."""
+        return self.transformer(self.to_memory_format(images), style_weights)
+
+    @property
+    def trained_style_names(self) -> list[str]:
+        """The names of the styles this run trains, in the order of ``style_terms``."""
+        return self.style_names or [self.hparams.style["name"]]
+
+    def batch_styles(self, batch_size: int, batch_idx: int) -> list[int] | None:
+        """The trained style (an index into ``style_terms``) of each image of a batch, taken in turn over the
+        images of all processes so every style gets an even share; None for a network of one style."""
+        if not len(self.style_terms):
+            return None
+        first = (batch_idx * self.trainer.world_size + self.trainer.global_rank) * batch_size
+        return [(first + i) % len(self.style_terms) for i in range(batch_size)]
+
+    def style_weights(self, styles: list[int]) -> torch.Tensor:
+        """One-hot style weights N,S of trained styles ``styles`` (indices into ``style_terms``)."""
+        indices = torch.tensor(styles, device=self.device) + self.frozen_styles
+        return F.one_hot(indices, self.transformer.config.styles).float()
+
+    def loss_terms(self, output: torch.Tensor, content: torch.Tensor,
+                   styles: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """The weighted loss terms of outputs N,3,H,W for contents N,3,H,W, each scored against its style in
+        ``styles`` (None: the one style); with several, averaged over the images, plus ``<style>/content``,
+        ``<style>/style`` and ``<style>/total`` of each style in the batch."""
+        if styles is None:
+            return self.loss(output, content)
+        terms: dict[str, torch.Tensor] = {}
+        for style in sorted(set(styles)):
+            positions = [i for i, s in enumerate(styles) if s == style]
+            share = len(positions) / len(styles)
+            style_terms = self.loss(output[positions], content[positions], style=self.style_terms[style])
+            for name, value in style_terms.items():
+                terms[name] = terms[name] + share * value if name in terms else share * value
+            name = self.trained_style_names[style]
+            terms.update({f"{name}/{term}": style_terms[term] for term in ("content", "style", "total")})
+        return terms
 
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
         """N,3,H,W in the module's memory format (NHWC when ``channels_last``)."""
@@ -123,10 +203,11 @@ class StyleTransferModule(pl.LightningModule):
             # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
         images = self.to_memory_format(images)
+        styles = self.batch_styles(images.shape[0], batch_idx)
         if self.stability_weight > 0:
-            terms = self.stability_terms(images)
+            terms = self.stability_terms(images, styles)
         else:
-            terms = self.loss(self(images), images)
+            terms = self.loss_terms(self(images, None if styles is None else self.style_weights(styles)), images, styles)
         total = terms["total"].detach().float()
         stats = torch.stack([(~torch.isfinite(total)).float(), total, torch.ones_like(total)])
         self._step_stats = stats if self._step_stats is None else self._step_stats + stats
@@ -137,12 +218,13 @@ class StyleTransferModule(pl.LightningModule):
                       on_step=True, on_epoch=False, batch_size=images.shape[0])
         return terms["total"]
 
-    def stability_terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stability_terms(self, images: torch.Tensor, styles: list[int] | None = None) -> dict[str, torch.Tensor]:
         """The loss terms of clean images N,3,H,W plus ``stability``: weight * MSE(output of a noisy copy,
         output of the images), added to ``total``; both outputs come from one transformer call (2N images)."""
         noisy = (images + self.stability_noise * torch.randn_like(images)).clamp(0.0, 1.0)
-        clean_out, noisy_out = self(torch.cat([images, noisy])).chunk(2)
-        terms = self.loss(clean_out, images)
+        weights = None if styles is None else self.style_weights(styles + styles)
+        clean_out, noisy_out = self(torch.cat([images, noisy]), weights).chunk(2)
+        terms = self.loss_terms(clean_out, images, styles)
         terms["stability"] = self.stability_weight * feature_mse(noisy_out, clean_out)
         terms["total"] = terms["total"] + terms["stability"]
         return terms
@@ -188,7 +270,8 @@ class StyleTransferModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam on the transformer only (the VGG is frozen), with an optional per-step schedule."""
         settings = self.hparams.optimizer
-        optimizer = torch.optim.Adam(self.transformer.parameters(), lr=settings["lr"])
+        trainable = [parameter for parameter in self.transformer.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=settings["lr"])
         if settings["schedule"] == "none":
             return {"optimizer": optimizer}
         if settings["schedule"] == "cosine":
@@ -204,20 +287,29 @@ class StyleTransferModule(pl.LightningModule):
 
     # ---- previews ---------------------------------------------------------------------------------------
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Stylise the fixed preview photos N,3,S,S; log their loss terms (averaged over processes)."""
+        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms (averaged over
+        processes; per style too when there are several)."""
         batch = self.to_memory_format(batch)
-        stylised = self(batch)
-        terms = self.loss(stylised, batch)
+        outputs, terms = [], {}
+        styles = range(len(self.style_terms)) if len(self.style_terms) else [None]
+        for style in styles:  # the plain val/<term> keys: the mean over the styles
+            chosen = None if style is None else [style] * batch.shape[0]
+            stylised = self(batch, None if chosen is None else self.style_weights(chosen))
+            for name, value in self.loss_terms(stylised, batch, chosen).items():
+                value = value if "/" in name else value / len(styles)
+                terms[name] = terms[name] + value if name in terms else value
+            outputs.append(stylised.detach().float())
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,
                       batch_size=batch.shape[0])
-        self._previews.append((batch.detach(), stylised.detach().float()))
+        self._previews.append((batch.detach(), torch.stack(outputs, dim=1)))
 
     def on_validation_epoch_end(self) -> None:
-        """Gather the previews of all processes; rank 0 logs a content | stylised grid and writes it as PNG."""
+        """Gather the previews of all processes; rank 0 logs a content | stylised (one column per style) grid and
+        writes it as PNG."""
         if not self._previews:
             return
         contents = torch.cat([content for content, _ in self._previews])
-        stylised = torch.cat([output for _, output in self._previews])
+        stylised = torch.cat([output for _, output in self._previews])  # N,K,3,H,W
         self._previews.clear()
         self.last_preview_step = self.global_step
         if self.trainer.world_size > 1:
@@ -225,9 +317,10 @@ class StyleTransferModule(pl.LightningModule):
             stylised = self.all_gather(stylised).flatten(0, 1)
         if not self.trainer.is_global_zero:
             return
-        grid = labelled_grid([[c, s] for c, s in zip(contents, stylised, strict=True)],
-                             col_labels=["content", f"stylised, step {self.global_step}"],
-                             cell_height=contents.shape[-2])
+        labels = ([f"stylised, step {self.global_step}"] if not len(self.style_terms)
+                  else [f"{name}, step {self.global_step}" for name in self.trained_style_names])
+        grid = labelled_grid([[c, *s] for c, s in zip(contents, stylised, strict=True)],
+                             col_labels=["content", *labels], cell_height=contents.shape[-2])
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("preview", pil_to_tensor(grid), self.global_step)

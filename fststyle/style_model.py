@@ -10,6 +10,7 @@ import dataclasses
 import json
 import pickle
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from fststyle.bundled import find_model
 from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.images import IMAGE_SUFFIXES
-from fststyle.transformer import TransformerConfig, TransformerNet
+from fststyle.losses.perceptual import blend_weights
+from fststyle.transformer import MAX_STYLES, TransformerConfig, TransformerNet
 
 FORMAT = "fststyle.style-model/1"
 METADATA_KEY = "fststyle"
+#: one style image (or several of one size, a blend's): uint8 K*3,H,W; a model of several styles stores
+#: style i's image as ``style_image.<i>`` (3,H,W)
 STYLE_IMAGE_KEY = "style_image"
 REEXPORT_HINT = "Re-export it with `fststyle export <run>/checkpoints/last.ckpt format=safetensors`."
 
@@ -37,9 +41,8 @@ MAX_HEADER_BYTES = 2 * MAX_METADATA_BYTES
 #: longest side of a stored style image and of the image sizes in the metadata: a 4096 px training crop
 #: already needs a 2 GiB float32 activation for the first 32-channel layer of one image
 MAX_IMAGE_SIDE = 4096
-#: style images one model may store or blend; conditional instance norm models (Dumoulin et al. 2017)
-#: reach 32 styles
-MAX_STYLES = 256
+#: longest style name a model file may hold (names are the style images' file stems)
+MAX_STYLE_NAME = 200
 #: magic bytes of the picture formats fststyle reads (JPEG, PNG, GIF, TIFF little/big endian); WebP is
 #: "RIFF" + size + "WEBP", checked apart
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"II*\x00", b"MM\x00*")
@@ -53,15 +56,65 @@ class ModelFileError(UserError):
 
 @dataclasses.dataclass
 class StyleModel:
-    """A style model: its network, its metadata (style, loss, image_size, steps) and the style image(s)
-    K,3,H,W in [0,1] it was trained on, loaded once and passed to whatever stylises, scores or exports it.
+    """A style model: its network, its metadata (style, loss, image_size, steps; ``styles`` for a network of
+    several) and the style images, each 1,3,H,W in [0,1], it was trained on (style i's image is the i-th of a
+    network of several styles), loaded once and passed to whatever stylises, scores or exports it.
 
     ``path`` is where it was loaded from (for messages), None for one built in memory."""
 
     network: TransformerNet
     metadata: dict[str, Any]
-    style_images: torch.Tensor | None = None
+    style_images: list[torch.Tensor] | None = None
     path: Path | None = None
+
+    @property
+    def style_names(self) -> list[str]:
+        """The names of the styles the network holds, in the order of its style weights."""
+        if self.network.config.styles > 1:
+            return [entry["name"] for entry in self.metadata["styles"]]
+        style = self.metadata.get("style") or {}
+        return [str(style.get("name") or (self.path.stem if self.path is not None else "style"))]
+
+    def select(self, style: str | Mapping[str, float] | None = None) -> StyleModel:
+        """The one-style model of ``style``: the name of a style this model holds, or ``{name: weight}`` to blend
+        their scale and shift (weights normalised to sum 1). None suits a model of one style; a model of several
+        then raises a UserError that lists them. The result costs what a one-style network costs."""
+        names = self.style_names
+        if style is None or isinstance(style, str):
+            if style is None and len(names) > 1:
+                raise UserError(f"{self._label()} holds {len(names)} styles: {', '.join(names)}; choose one with "
+                                f"style={names[0]}, or blend them with 'style={{{names[0]}: 0.5, {names[1]}: 0.5}}'")
+            weights = {names[0] if style is None else style: 1.0}
+        elif isinstance(style, Mapping):
+            weights = dict(style)
+        else:
+            raise UserError(f"style={style!r}: give a style name or a {{name: weight}} mapping")
+        unknown = [name for name in weights if name not in names]
+        if unknown:
+            raise UserError(f"{self._label()} has no style {unknown[0]!r}; its styles: {', '.join(names)}")
+        try:
+            normalised = blend_weights(len(weights), [float(w) for w in weights.values()])
+        except (TypeError, ValueError) as error:
+            raise UserError(f"style={dict(weights)}: {error}") from None
+        chosen = {name: weight for name, weight in zip(weights, normalised, strict=True) if weight > 0}
+        if len(names) == 1:
+            return self
+        vector = torch.zeros(len(names))
+        for name, weight in chosen.items():
+            vector[names.index(name)] = weight
+        network = self.network.with_style(vector.to(self.network.encoder[0][1].weight.device)).eval()
+        indices = [names.index(name) for name in chosen]
+        paths = (self.metadata.get("style") or {}).get("paths") or []
+        style = {**{k: v for k, v in (self.metadata.get("style") or {}).items() if k != "names"},
+                 "name": "+".join(chosen), "blend": list(chosen.values()) if len(chosen) > 1 else None,
+                 "paths": [paths[i] for i in indices] if len(paths) == len(names) else []}
+        metadata = {**{k: v for k, v in self.metadata.items() if k != "styles"}, "style": style,
+                    "steps": min(self.metadata["styles"][i]["steps"] for i in indices)}
+        images = None if self.style_images is None else [self.style_images[i] for i in indices]
+        return StyleModel(network, metadata, images, self.path)
+
+    def _label(self) -> str:
+        return f"style model {self.path}" if self.path is not None else "this style model"
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> StyleModel:
@@ -79,7 +132,7 @@ class StyleModel:
             pixels = None
         else:
             config, state, metadata, pixels = _read_safetensors(path)
-        style_images = None if pixels is None else pixels.float().div(255).reshape(-1, 3, *pixels.shape[-2:])
+        style_images = None if pixels is None else [image.float().div(255)[None] for image in pixels]
         return cls(_build(config, state).to(device).eval(), metadata, style_images, path)
 
     def save(self, path: str | Path) -> Path:
@@ -88,9 +141,15 @@ class StyleModel:
         path = Path(path)
         header = {"format": FORMAT, "transformer": self.network.config.to_dict(), **self.metadata}
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.network.state_dict().items()}
-        if self.style_images is not None:
-            pixels = self.style_images.detach().cpu().reshape(-1, *self.style_images.shape[-2:])
-            tensors[STYLE_IMAGE_KEY] = (pixels * 255).round().to(torch.uint8).contiguous()
+        if self.style_images:
+            pixels = [(image.detach().cpu().reshape(-1, *image.shape[-2:]) * 255).round().to(torch.uint8).contiguous()
+                      for image in self.style_images]
+            if self.network.config.styles > 1:
+                tensors.update({f"{STYLE_IMAGE_KEY}.{i}": image for i, image in enumerate(pixels)})
+            elif len({image.shape for image in pixels}) == 1:
+                tensors[STYLE_IMAGE_KEY] = torch.cat(pixels)
+            else:  # a blend of images of different sizes
+                tensors.update({f"{STYLE_IMAGE_KEY}.{i}": image for i, image in enumerate(pixels)})
         with atomic_write(path) as tmp:
             save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
         return path
@@ -98,9 +157,16 @@ class StyleModel:
 
 def training_metadata(hparams: dict[str, Any], steps: int, hardware: str | None = None) -> dict[str, Any]:
     """A style model's metadata from the training module's hyper-parameters after ``steps`` steps on
-    ``hardware`` (what ``fststyle models`` shows, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3) x 8``)."""
-    return {"style": hparams.get("style", {}), "loss": hparams.get("loss", {}),
-            "image_size": hparams.get("image_size"), "steps": steps, "hardware": hardware}
+    ``hardware`` (what ``fststyle models`` shows, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3) x 8``). A network of
+    several styles also lists them, in the order of its style weights, with the steps each was trained for
+    (a fine-tune's base styles keep theirs)."""
+    metadata = {"style": hparams.get("style", {}), "loss": hparams.get("loss", {}),
+                "image_size": hparams.get("image_size"), "steps": steps, "hardware": hardware}
+    styles = [*((hparams.get("finetune") or {}).get("styles") or []),
+              *({"name": name, "steps": steps} for name in (hparams.get("style") or {}).get("names") or [])]
+    if len(styles) > 1:
+        metadata["styles"] = styles
+    return metadata
 
 
 def _refuse_images(path: Path, head: bytes) -> None:
@@ -112,8 +178,8 @@ def _refuse_images(path: Path, head: bytes) -> None:
 
 
 def _read_safetensors(path: Path) -> tuple[TransformerConfig, dict[str, torch.Tensor], dict[str, Any],
-                                           torch.Tensor | None]:
-    """(architecture, weights, metadata, stored style image uint8 K*3,H,W or None) of a ``.safetensors`` style
+                                           list[torch.Tensor] | None]:
+    """(architecture, weights, metadata, stored style images uint8 3,H,W or None) of a ``.safetensors`` style
     model. The header is size-checked and validated, and the tensors it lists checked against the network,
     before any tensor data is read."""
     with open(path, "rb") as handle:
@@ -129,12 +195,15 @@ def _read_safetensors(path: Path) -> tuple[TransformerConfig, dict[str, torch.Te
             raw = (handle.metadata() or {}).get(METADATA_KEY)
             stored = {name: _slice_info(handle.get_slice(name)) for name in handle.keys()}
             transformer, metadata = _parse_header(path, raw)
-            image = stored.pop(STYLE_IMAGE_KEY, None)
-            if image is not None:
-                _check_style_image(path, *image)
+            image_keys = _style_image_keys(path, stored)
+            for key in image_keys:
+                _check_style_image(path, *stored.pop(key))
             config = _checked_config(path, transformer, stored)
+            _check_styles(path, config, metadata, len(image_keys))
             problem = "truncated or corrupt weights"
-            pixels = handle.get_tensor(STYLE_IMAGE_KEY) if image is not None else None
+            pixels = [handle.get_tensor(key) for key in image_keys] or None
+            if pixels is not None:
+                pixels = [image for tensor in pixels for image in tensor.reshape(-1, 3, *tensor.shape[-2:])]
             state = {name: handle.get_tensor(name) for name in stored}
     except (SafetensorError, OSError) as error:
         raise ModelFileError(f"{path}: {problem} ({error}). " + REEXPORT_HINT) from error
@@ -219,6 +288,37 @@ def _has_type(value: Any, annotation: str) -> bool:
     return _is_int(value) if annotation == "int" else isinstance(value, str)
 
 
+def _style_image_keys(path: Path, stored: dict[str, tuple[bool, tuple[int, ...]]]) -> list[str]:
+    """The stored style images' keys in style order: ``style_image``, or ``style_image.0``, ``style_image.1``..."""
+    if STYLE_IMAGE_KEY in stored:
+        return [STYLE_IMAGE_KEY]
+    count = sum(1 for key in stored if key.startswith(STYLE_IMAGE_KEY + "."))
+    keys = [f"{STYLE_IMAGE_KEY}.{i}" for i in range(count)]
+    if count > MAX_STYLES or any(key not in stored for key in keys):
+        raise ModelFileError(f"{path}: its stored style images are not numbered 0..{count - 1}. " + REEXPORT_HINT)
+    return keys
+
+
+def _check_styles(path: Path, config: TransformerConfig, metadata: dict[str, Any], images: int) -> None:
+    """A network of several styles needs ``styles``: one ``{"name", "steps"}`` entry per style, distinct names,
+    and, when images are stored, one per style."""
+    styles = metadata.get("styles")
+    if config.styles == 1:
+        if styles is not None:
+            raise _bad_metadata(path, "'styles' is listed for a network of one style")
+        return
+    if not isinstance(styles, list) or len(styles) != config.styles:
+        raise _bad_metadata(path, f"the network holds {config.styles} styles, but 'styles' is {styles!r}")
+    for entry in styles:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and 0 < len(entry["name"]) <= MAX_STYLE_NAME and _is_int(entry.get("steps")) and entry["steps"] >= 0):
+            raise _bad_metadata(path, f"styles entry {entry!r} is not {{'name': str, 'steps': int}}")
+    if len({entry["name"] for entry in styles}) != len(styles):
+        raise _bad_metadata(path, "two styles share a name")
+    if images not in (0, config.styles):
+        raise _bad_metadata(path, f"{images} style images stored for {config.styles} styles")
+
+
 def _check_style_image(path: Path, floating: bool, shape: tuple[int, ...]) -> None:
     """The stored style image must be uint8 K*3,H,W with K <= MAX_STYLES and sides <= MAX_IMAGE_SIDE."""
     if floating or len(shape) != 3 or shape[0] % 3 or not 3 <= shape[0] <= 3 * MAX_STYLES \
@@ -290,5 +390,6 @@ def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Ten
     _check_metadata(path, metadata)
     config = _checked_config(path, hparams["transformer"],
                              {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
+    _check_styles(path, config, metadata, 0)
     return config, state, metadata
 

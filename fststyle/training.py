@@ -43,6 +43,9 @@ from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 from fststyle.style_model import StyleModel, training_metadata
 
 LAST_CHECKPOINT = "last.ckpt"
+#: how a list of style images trains: blend (one style from their blended Gram targets) | multi (one network,
+#: each image a style with its own instance-norm scale and shift, Dumoulin et al. 2017)
+STYLE_MODES = ("blend", "multi")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -270,14 +273,35 @@ def resume_checkpoint(ckpt_path: str | os.PathLike) -> Path:
     raise UserError(f"ckpt_path={ckpt_path}: no {LAST_CHECKPOINT} in {folder} (the run saved none); {fix}")
 
 
-def _style(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size`` keys."""
+def _style(cfg: dict[str, Any], base: StyleModel | None = None) -> dict[str, Any]:
+    """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size``, ``style_mode``
+    and ``style_names`` keys; ``base`` is the model a fine-tune adds these styles to."""
     paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
     if not paths or paths == [None]:
         raise UserError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
     paths = [str(_path(p, "style image")) for p in paths]
-    return {"name": style_name(paths), "paths": paths, "blend": cfg.get("style_blend"),
-            "size": cfg.get("style_size")}
+    mode = cfg.get("style_mode") or "blend"
+    if mode not in STYLE_MODES:
+        raise UserError(f"style_mode={mode!r} is not a mode; use one of {', '.join(STYLE_MODES)}")
+    style = {"name": style_name(paths), "paths": paths, "blend": cfg.get("style_blend"), "size": cfg.get("style_size")}
+    names = cfg.get("style_names")
+    if mode == "blend" and base is None:
+        if names is not None:
+            raise UserError("style_names= names the styles of style_mode=multi (or of finetune_from=); "
+                            "a blend is one style, named after its images")
+        return style
+    if style["blend"] is not None:
+        raise UserError("style_blend= blends the Gram targets of one style; styles learned apart blend at "
+                        "inference instead: fststyle stylize ... 'style={a: 0.5, b: 0.5}'")
+    names = [str(name) for name in names] if names else [Path(p).stem for p in paths]
+    taken = base.style_names if base is not None else []
+    if len(names) != len(paths):
+        raise UserError(f"style_names= has {len(names)} names for {len(paths)} style images; give one per image")
+    for index, name in enumerate(names):
+        if name in taken or name in names[:index]:
+            where = f"finetune_from={base.path} already holds" if name in taken else "two style images share"
+            raise UserError(f"{where} the style name {name!r}; name the new styles with style_names='[...]'")
+    return {**style, "name": "+".join([*taken, *names]), "names": names}
 
 
 def data_module(data: dict[str, Any]) -> StyleDataModule:
@@ -296,10 +320,23 @@ def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
     cfg = plain_config(cfg)
     networks = cfg.get("networks") or {}
-    return StyleTransferModule(transformer=cfg["transformer"], loss=cfg["loss"], style=_style(cfg),
-                               image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"),
-                               channels_last=bool(networks.get("channels_last", False)),
-                               compile=bool(networks.get("compile", False)))
+    base = StyleModel.load(cfg["finetune_from"]) if cfg.get("finetune_from") else None
+    transformer, finetune = cfg["transformer"], None
+    if base is not None:  # the fine-tuned model's architecture, whatever the transformer group says
+        transformer = base.network.config.to_dict()
+        steps = [entry["steps"] for entry in base.metadata["styles"]] if "styles" in base.metadata \
+            else [base.metadata.get("steps") or 0]
+        finetune = {"from": str(base.path), "styles": [{"name": name, "steps": step}
+                                                       for name, step in zip(base.style_names, steps, strict=True)]}
+    module = StyleTransferModule(transformer=transformer, loss=cfg["loss"], style=_style(cfg, base),
+                                 image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"),
+                                 channels_last=bool(networks.get("channels_last", False)),
+                                 compile=bool(networks.get("compile", False)), finetune=finetune)
+    if base is not None:
+        grown = base.network.with_new_styles(module.transformer.config.styles - base.network.config.styles)
+        module.transformer.load_state_dict(grown.state_dict())
+        module.model_style_images = None if base.style_images is None else [*base.style_images, *module.style_images]
+    return module
 
 
 def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
@@ -372,6 +409,6 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    style_images = module.style_images[0] if len(module.style_images) == 1 else None
     hardware = device_name(module.device) + (f" x {world_size}" if world_size > 1 else "")
-    return StyleModel(module.transformer, training_metadata(dict(hparams), steps, hardware), style_images).save(path)
+    metadata = training_metadata(dict(hparams), steps, hardware)
+    return StyleModel(module.transformer, metadata, module.model_style_images).save(path)

@@ -3,6 +3,10 @@ Real-Time Style Transfer and Super-Resolution", supplementary Table 1, with the 
 adopted since: instance norm (Ulyanov et al. 2016) instead of batch norm, reflection padding, and
 nearest-neighbour upsampling followed by a convolution instead of transposed convolutions
 (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
+
+With ``styles`` > 1 its instance norms are conditional (Dumoulin, Shlens & Kudlur 2017, "A Learned
+Representation for Artistic Style"): every convolution is shared, each style has its own scale and shift,
+and a forward pass takes style weights N,S that mix them (one-hot: one style; convex: a blend).
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,9 @@ UPSAMPLINGS = ("nearest", "transposed")
 #: a 1.2e9-parameter (4.8 GB) network; a larger ask is a broken or hostile file, not a style model.
 MAX_RESIDUAL_BLOCKS = 64
 MAX_BASE_WIDTH = 256
+#: styles one network may hold; Dumoulin et al. 2017 train 32 (and report one network of 32 styles as
+#: cheap as one of 1); each style costs 2 x (sum of norm channels) floats
+MAX_STYLES = 256
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class TransformerConfig:
     residual_blocks: int = 5
     norm: str = "instance"
     upsample: str = "nearest"
+    styles: int = 1  # > 1: conditional instance norm, one scale and shift per style (Dumoulin et al. 2017)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -49,6 +58,10 @@ class TransformerConfig:
         if self.base_channels * self.width > MAX_BASE_WIDTH:
             raise ValueError(f"base_channels * width must be at most {MAX_BASE_WIDTH} (the first level's channels), "
                              f"got {self.base_channels} * {self.width}")
+        if not 1 <= self.styles <= MAX_STYLES:
+            raise ValueError(f"styles must be in 1..{MAX_STYLES}, got {self.styles}")
+        if self.styles > 1 and self.norm != "instance":
+            raise ValueError(f"styles={self.styles} needs norm=instance (conditional instance norm), got {self.norm!r}")
 
     def channels(self) -> tuple[int, int, int]:
         """Channel widths of the three resolution levels (full, 1/2, 1/4)."""
@@ -83,23 +96,44 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     (scale, shift); reusing applies recorded ones, so tiles of an image share the whole image's statistics.
     """
 
-    def __init__(self, num_features: int) -> None:
+    def __init__(self, num_features: int, styles: int = 1) -> None:
         super().__init__(num_features, affine=True)
+        #: > 1: conditional instance norm; ``weight`` and ``bias`` are S,C (one row per style), else C
+        self.styles = styles
+        if styles > 1:
+            self.weight = nn.Parameter(torch.ones(styles, num_features))
+            self.bias = nn.Parameter(torch.zeros(styles, num_features))
+        self.takes_style_weights = True  # forward(x, style_weights); see StyledSequential
         self.keep_layout = False
         #: "own": statistics of the input; "record": also keep them in ``statistics``; "reuse": apply ``statistics``
         self.statistics_mode = "own"
         self.statistics: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        """N,C,H,W -> N,C,H,W; ``style_weights`` N,S or 1,S mix the styles' scale and shift (styles > 1 only)."""
         if self.training and x.requires_grad:
             uniform = (x.amax(dim=(2, 3)) == x.amin(dim=(2, 3))).all(dim=1)  # N: every channel is constant
             x = torch.where(uniform[:, None, None, None], x.detach(), x)
+        weight, bias = self.style_affine(style_weights)
         if torch.jit.is_scripting() or not (self.keep_layout or self.statistics_mode != "own"):
-            return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        return self._scale_and_shift(x)
+            if self.styles == 1:
+                return F.instance_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+            normalised = F.instance_norm(x, None, None, None, None, True, 0.0, self.eps)
+            return torch.addcmul(bias[:, :, None, None], normalised, weight[:, :, None, None])
+        return self._scale_and_shift(x, weight, bias)
+
+    def style_affine(self, style_weights: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: UP045
+        """(scale, shift): C and C for one style, else N,C each, the ``style_weights`` N,S mix of the rows."""
+        if self.styles == 1:
+            return self.weight, self.bias
+        if style_weights is None or style_weights.dim() != 2 or style_weights.shape[1] != self.styles:
+            raise ValueError(f"this network holds {self.styles} styles: pass style_weights of shape N,{self.styles} "
+                             "(one-hot rows choose a style, convex rows blend)")
+        style_weights = style_weights.to(self.weight.dtype)
+        return style_weights @ self.weight, style_weights @ self.bias
 
     @torch.jit.unused
-    def _scale_and_shift(self, x: torch.Tensor) -> torch.Tensor:
+    def _scale_and_shift(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``x * scale + shift`` in ``x``'s layout, with this input's, recorded or reused statistics."""
         out = None if x.requires_grad else torch.empty_like(x)  # out= writes do not support autograd
         if self.statistics_mode == "reuse":
@@ -112,8 +146,9 @@ class InstanceNorm2d(nn.InstanceNorm2d):
             mean = x.sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / count
             mean_square = squares.sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / count
             variance = (mean_square - mean * mean).clamp_min_(0)
-            scale = self.weight.float().view(1, -1, 1, 1) * torch.rsqrt(variance + self.eps)
-            shift = self.bias.float().view(1, -1, 1, 1) - mean * scale
+            channels = x.shape[1]
+            scale = weight.float().reshape(-1, channels, 1, 1) * torch.rsqrt(variance + self.eps)
+            shift = bias.float().reshape(-1, channels, 1, 1) - mean * scale
             if self.statistics_mode == "record":
                 self.statistics = (scale, shift)
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=out)
@@ -140,21 +175,40 @@ class OutputConv(nn.Conv2d):
         return F.conv2d(x, weight, bias, self.stride)[:, :3]
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int, styles: int) -> nn.Module:
     if kind == "instance":
-        return InstanceNorm2d(channels)
+        return InstanceNorm2d(channels, styles)
     return nn.BatchNorm2d(channels)
 
 
-class ConvNormAct(nn.Sequential):
+class StyledSequential(nn.Sequential):
+    """``nn.Sequential`` that hands the style weights N,S to the layers that take them: N,C,H,W -> N,C',H',W'.
+    (A Sequential keeps the state-dict names of the single-style network, so its files load unchanged.)"""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        #: what marks a layer that takes style weights (an instance attribute: TorchScript's ``isinstance`` and
+        #: ``hasattr`` see neither subclasses nor class attributes)
+        self.takes_style_weights = True
+
+    def forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        for layer in self:
+            if hasattr(layer, "takes_style_weights"):
+                x = layer(x, style_weights)
+            else:
+                x = layer(x)
+        return x
+
+
+class ConvNormAct(StyledSequential):
     """Reflection pad + conv (+ norm + ReLU): N,Cin,H,W -> N,Cout,H/stride,W/stride."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, norm: str | None = "instance",
-                 relu: bool = True) -> None:
+                 relu: bool = True, styles: int = 1) -> None:
         conv = nn.Conv2d(cin, cout, kernel, stride) if norm is not None else OutputConv(cin, cout, kernel, stride)
         layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), conv]
         if norm is not None:
-            layers.append(_norm(norm, cout))
+            layers.append(_norm(norm, cout, styles))
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -163,36 +217,38 @@ class ConvNormAct(nn.Sequential):
 class ResidualBlock(nn.Module):
     """Two 3x3 conv-norm layers with an identity shortcut (He et al. 2016; Gross & Wilber 2016): N,C,H,W -> same."""
 
-    def __init__(self, channels: int, norm: str) -> None:
+    def __init__(self, channels: int, norm: str, styles: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            ConvNormAct(channels, channels, 3, norm=norm),
-            ConvNormAct(channels, channels, 3, norm=norm, relu=False),
+        self.takes_style_weights = True  # see StyledSequential
+        self.body = StyledSequential(
+            ConvNormAct(channels, channels, 3, norm=norm, styles=styles),
+            ConvNormAct(channels, channels, 3, norm=norm, relu=False, styles=styles),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        return x + self.body(x, style_weights)
 
 
 class UpsampleConv(nn.Module):
     """x2 upsampling then conv-norm-ReLU: N,Cin,H,W -> N,Cout,2H,2W."""
 
-    def __init__(self, cin: int, cout: int, norm: str, mode: str) -> None:
+    def __init__(self, cin: int, cout: int, norm: str, mode: str, styles: int = 1) -> None:
         super().__init__()
+        self.takes_style_weights = True  # see StyledSequential
         self.mode = mode
         if mode == "nearest":
-            self.conv = ConvNormAct(cin, cout, 3, norm=norm)
+            self.conv = ConvNormAct(cin, cout, 3, norm=norm, styles=styles)
         else:  # the paper's fractionally strided convolution
-            self.conv = nn.Sequential(
+            self.conv = StyledSequential(
                 nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-                _norm(norm, cout),
+                _norm(norm, cout, styles),
                 nn.ReLU(inplace=True),
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         if self.mode == "nearest":
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # a float: TorchScript rejects an int
-        return self.conv(x)
+        return self.conv(x, style_weights)
 
 
 class TransformerNet(nn.Module):
@@ -208,24 +264,29 @@ class TransformerNet(nn.Module):
         super().__init__()
         self.config = config if config is not None else TransformerConfig(**kwargs)
         c1, c2, c3 = self.config.channels()
-        norm = self.config.norm
-        self.encoder = nn.Sequential(
-            ConvNormAct(3, c1, 9, norm=norm),
-            ConvNormAct(c1, c2, 3, stride=2, norm=norm),
-            ConvNormAct(c2, c3, 3, stride=2, norm=norm),
+        norm, styles = self.config.norm, self.config.styles
+        self.encoder = StyledSequential(
+            ConvNormAct(3, c1, 9, norm=norm, styles=styles),
+            ConvNormAct(c1, c2, 3, stride=2, norm=norm, styles=styles),
+            ConvNormAct(c2, c3, 3, stride=2, norm=norm, styles=styles),
         )
-        self.residuals = nn.Sequential(*(ResidualBlock(c3, norm) for _ in range(self.config.residual_blocks)))
-        self.decoder = nn.Sequential(
-            UpsampleConv(c3, c2, norm, self.config.upsample),
-            UpsampleConv(c2, c1, norm, self.config.upsample),
+        self.residuals = StyledSequential(*(ResidualBlock(c3, norm, styles)
+                                            for _ in range(self.config.residual_blocks)))
+        self.decoder = StyledSequential(
+            UpsampleConv(c3, c2, norm, self.config.upsample, styles),
+            UpsampleConv(c2, c1, norm, self.config.upsample, styles),
             ConvNormAct(c1, 3, 9, norm=None, relu=False),
         )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        """N,3,H,W in [0,1] -> N,3,H,W in [0,1]; a network of S > 1 styles also takes ``style_weights`` N,S
+        (or 1,S for the whole batch): one-hot rows choose a style, convex rows blend styles."""
         # export-safe: no data-dependent branch, padding a function of the input size (ONNX, TorchScript)
         height, width = images.shape[-2], images.shape[-1]
         x = self._pad(images)
-        x = self.decoder(self.residuals(self.encoder(x)))
+        x = self.encoder(x, style_weights)
+        x = self.residuals(x, style_weights)
+        x = self.decoder(x, style_weights)
         # Johnson et al. bound the output with a scaled tanh (150*tanh on 0-255 images);
         # on [0,1] images the same bound is (tanh + 1) / 2.
         x = (torch.tanh(x) + 1) / 2
@@ -240,6 +301,35 @@ class TransformerNet(nn.Module):
         # Reflection needs the pad to be smaller than the side; replicate covers tiny images.
         mode = "reflect" if height > pad_h and width > pad_w else "replicate"
         return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
+
+    def with_style(self, style_weights: torch.Tensor) -> TransformerNet:
+        """The one-style network whose norms hold the ``style_weights`` S mix of this network's styles' scale and
+        shift (same output as ``forward(x, style_weights[None])``, one copy of the shared weights, and the cost
+        of a single-style network however many styles this one holds)."""
+        if self.config.styles == 1:
+            raise ValueError("with_style() takes a network of several styles; this one holds one")
+        single = TransformerNet(replace(self.config, styles=1)).to(self.encoder[0][1].weight.device)
+        state = self.state_dict()
+        mix = style_weights.reshape(1, -1)
+        for name, norm in self.named_modules():
+            if isinstance(norm, InstanceNorm2d):
+                weight, bias = norm.style_affine(mix)
+                state[f"{name}.weight"], state[f"{name}.bias"] = weight[0], bias[0]
+        single.load_state_dict(state)
+        return single.train(self.training)
+
+    def with_new_styles(self, count: int) -> TransformerNet:
+        """This network with ``count`` more styles after its own: the same weights, and each new style's scale and
+        shift starting at the mean of the existing styles' (a fine-tune then trains only those)."""
+        grown = TransformerNet(replace(self.config, styles=self.config.styles + count))
+        state = self.state_dict()
+        for name, norm in self.named_modules():
+            if isinstance(norm, InstanceNorm2d):
+                for key in (f"{name}.weight", f"{name}.bias"):
+                    rows = state[key].reshape(self.config.styles, -1)
+                    state[key] = torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
+        grown.load_state_dict(state)
+        return grown.to(self.encoder[0][1].weight.device)
 
     def fast_inference(self, enabled: bool = True) -> TransformerNet:
         """Switch to (or from) the fast CPU inference form: channels_last weights, layout-keeping instance

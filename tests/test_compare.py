@@ -45,7 +45,7 @@ def tiny_model(path: Path, metadata: dict | None = None, style_size: int = STYLE
     info = {"style": {"name": "starry_night", "paths": [], "blend": None, "size": STYLE_SIZE},
             "loss": LOSS, "image_size": IMAGE_SIZE, "steps": 0} if metadata is None else metadata
     style = load_image(bundled_path("data/styles/starry_night.jpg"), style_size)
-    return StyleModel(net, info, style).save(path)
+    return StyleModel(net, info, [style]).save(path)
 
 
 def photo_folder(tmp_path: Path, count: int = 2) -> Path:

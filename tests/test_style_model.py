@@ -23,9 +23,9 @@ def test_round_trip_is_bit_identical(tmp_path):
     torch.manual_seed(0)
     net = TransformerNet(width=0.25, residual_blocks=2, norm="batch").eval()
     style = torch.rand(1, 3, 10, 12).transpose(-1, -2)  # non-contiguous, as a cropped/resized image can be
-    path = StyleModel(net, {"style": {"name": "x"}, "steps": 7}, style).save(tmp_path / "m.safetensors")
+    path = StyleModel(net, {"style": {"name": "x"}, "steps": 7}, [style]).save(tmp_path / "m.safetensors")
     loaded = StyleModel.load(path)
-    assert torch.allclose(loaded.style_images, style, atol=1 / 255)
+    assert len(loaded.style_images) == 1 and torch.allclose(loaded.style_images[0], style, atol=1 / 255)
     x = torch.rand(2, 3, 30, 22)
     with torch.no_grad():
         assert torch.equal(net(x), loaded.network(x))

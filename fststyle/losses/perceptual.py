@@ -146,9 +146,13 @@ class PerceptualLoss(nn.Module):
         """Cache the content target of a fixed image N,3,H,W (the optimisation engine's case)."""
         self._content_features = self.vgg(content, self.content_layers) if self.content_layers else {}
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Score ``output`` N,3,H,W against ``content`` N,3,H,W (or the cached content) and the style targets."""
-        wanted = list(self.content_layers) + (self.style.layers if self.style is not None else [])
+    def forward(self, output: torch.Tensor, content: torch.Tensor | None = None,
+                style: StyleLoss | None = None) -> dict[str, torch.Tensor]:
+        """Score ``output`` N,3,H,W against ``content`` N,3,H,W (or the cached content) and the style targets
+        (those of ``style``, a targeted copy of this loss's style term, when given: one per style when one
+        network learns several)."""
+        style_term = self.style if style is None else style
+        wanted = list(self.content_layers) + (style_term.layers if style_term is not None else [])
         features = self.vgg(output, wanted)
         terms: dict[str, torch.Tensor] = {}
         zero = output.new_zeros((), dtype=torch.float32)
@@ -159,10 +163,10 @@ class PerceptualLoss(nn.Module):
                 term = self.content_weight * weight * feature_mse(features[layer], targets[layer])
                 terms[f"content.{layer}"] = term
                 content_total = content_total + term
-        if self.style is not None:
-            if not self._style_ready:
+        if style_term is not None:
+            if style is None and not self._style_ready:
                 raise RuntimeError("call set_style(style_images) before computing the loss")
-            for layer, value in self.style(features).items():
+            for layer, value in style_term(features).items():
                 term = self.style_weight * value
                 terms[f"style.{layer}"] = term
                 style_total = style_total + term
