@@ -1,0 +1,122 @@
+"""Held-out scores of a model of several styles against one-style models of the same styles, and a preview grid.
+
+    PYTHONPATH=. python bench/multistyle.py checkpoints/multistyle.safetensors \
+        --single starry_night the_scream --photos data/preview --grid multistyle_preview.jpg
+
+Every style of the multi-style model and every one-style model is scored on the same held-out photos (default
+``data/preview``, none of them seen in training) by the same numbers: the training loss stored in the model's
+metadata (its VGG, layers and weights), with the style image stored in the file. The table gives, per style,
+the mean content and style loss over the photos, the multi-style model's ratio to the one-style model of the
+same style (the issue's goal: style within 1.2x at no worse content), and a hatching figure: the mean absolute
+Laplacian of the output's luminance where the photo is flat (the high-frequency mesh the CPU-trained one-style
+models paint over skies and walls; lower is smoother). Nothing is asserted; the load averages are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fststyle.compare import scoring_loss, style_images
+from fststyle.images import image_files, labelled_grid, load_image, save_image
+from fststyle.style_model import StyleModel
+
+#: ITU-R BT.601 luma weights (the Y of JPEG's YCbCr)
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+#: a photo pixel is "flat" when its luminance gradient (Sobel magnitude after a 5x5 box blur) is below this,
+#: in [0,1] units per pixel: skies, walls and table tops of the preview photos, not their edges or textures
+FLAT_GRADIENT = 0.01
+SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """N,3,H,W in [0,1] -> N,1,H,W luma."""
+    return (images * LUMA.to(images)).sum(dim=1, keepdim=True)
+
+
+def flat_mask(photo: torch.Tensor) -> torch.Tensor:
+    """1,3,H,W photo -> 1,1,H,W bool: where its blurred luminance gradient is below FLAT_GRADIENT."""
+    blurred = F.avg_pool2d(luminance(photo), 5, stride=1, padding=2, count_include_pad=False)
+    gx = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), SOBEL_X.view(1, 1, 3, 3))
+    gy = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), SOBEL_X.t().reshape(1, 1, 3, 3))
+    return (gx.square() + gy.square()).sqrt() < FLAT_GRADIENT
+
+
+def hatching(output: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean |Laplacian| of the output's luminance (1,3,H,W) over the flat pixels ``mask`` (1,1,H,W)."""
+    response = F.conv2d(F.pad(luminance(output), (1, 1, 1, 1), mode="replicate"), LAPLACIAN.view(1, 1, 3, 3))
+    return float(response.abs()[mask].mean()) if mask.any() else float("nan")
+
+
+@torch.no_grad()
+def score(model: StyleModel, photos: list[torch.Tensor]) -> dict[str, float]:
+    """Mean content loss, style loss and hatching of a one-style model's outputs for photos (each 1,3,H,W)."""
+    loss = scoring_loss(model, torch.device("cpu"), style_images(model))
+    sums = {"content": 0.0, "style": 0.0, "hatching": 0.0}
+    for photo in photos:
+        output = model.network(photo)
+        terms = loss(output, photo)
+        sums["content"] += float(terms["content"]) / len(photos)
+        sums["style"] += float(terms["style"]) / len(photos)
+        sums["hatching"] += hatching(output, flat_mask(photo)) / len(photos)
+    return sums
+
+
+@torch.no_grad()
+def preview_grid(model: StyleModel, photos: list[torch.Tensor], names: list[str], blend: tuple[str, str],
+                 cell_height: int) -> object:
+    """Photos x (each style, an even blend of ``blend``) and a last row sweeping that blend on the first photo."""
+    styles = model.style_names
+    mix = {blend[0]: 0.5, blend[1]: 0.5}
+    columns = [model.select(name).network for name in styles] + [model.select(mix).network]
+    rows = [[photo, *(network(photo) for network in columns)] for photo in photos]
+    sweep = [model.select({blend[0]: 1 - t, blend[1]: t}).network(photos[0]) if 0 < t < 1
+             else model.select(blend[1] if t else blend[0]).network(photos[0]) for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    rows.append(sweep)
+    return labelled_grid(rows, col_labels=["photo", *styles, f"{blend[0]} + {blend[1]}"],
+                         row_labels=[*names, f"{blend[0]} 1 -> 0 -> {blend[1]}"], cell_height=cell_height)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a style model of several styles (name or .safetensors)")
+    parser.add_argument("--single", nargs="*", default=[], help="one-style models to compare with, by style name")
+    parser.add_argument("--photos", nargs="+", default=["data/preview"], help="held-out photos or folders")
+    parser.add_argument("--size", type=int, default=256, help="longer side of the photos in px")
+    parser.add_argument("--grid", type=Path, help="also write the preview grid here")
+    parser.add_argument("--blend", nargs=2, help="the two styles of the grid's blend column and sweep row")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    files = image_files(args.photos, "held-out photos")
+    photos = [load_image(path, args.size) for path in files]
+    model = StyleModel.load(args.model)
+    print(f"{len(photos)} held-out photos ({', '.join(p.name for p in files)}), longer side {args.size} px; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    singles = {StyleModel.load(name).style_names[0]: StyleModel.load(name) for name in args.single}
+    print("| style | model | content | style | hatching | content ratio | style ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name in model.style_names:
+        multi = score(model.select(name), photos)
+        reference = score(singles[name], photos) if name in singles else None
+        if reference is not None:
+            print(f"| {name} | one-style | {reference['content']:.3g} | {reference['style']:.3g} | "
+                  f"{reference['hatching']:.4f} | 1 | 1 |")
+        ratios = ("", "") if reference is None else (f"{multi['content'] / reference['content']:.2f}",
+                                                     f"{multi['style'] / reference['style']:.2f}")
+        print(f"| {name} | multi-style | {multi['content']:.3g} | {multi['style']:.3g} | {multi['hatching']:.4f} | "
+              f"{ratios[0]} | {ratios[1]} |")
+    if args.grid is not None:
+        blend = tuple(args.blend or model.style_names[:2])
+        grid = preview_grid(model, photos, [p.stem for p in files], blend, cell_height=min(args.size, 192))
+        save_image(grid, args.grid)
+        print(f"grid: {args.grid}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
