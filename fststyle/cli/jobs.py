@@ -71,8 +71,10 @@ def stylize(cfg: DictConfig) -> int:
                       "codec": cfg.video_codec}
     check_temporal_mode(cfg.temporal)
 
+    style = _style_choice(cfg.style)
+
     def load() -> Stylizer:
-        return Stylizer.load(cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile,
+        return Stylizer.load(cfg.model, device=cfg.device, precision=cfg.precision, style=style, tile=cfg.tile,
                              tile_overlap=cfg.tile_overlap, strength=cfg.strength, preserve_color=cfg.preserve_color,
                              compile=cfg.compile, statistics_size=cfg.tile_statistics_size)
 
@@ -135,6 +137,11 @@ def stylize(cfg: DictConfig) -> int:
             write_grid([(open_image(source, max_pixels=max_pixels)[0], open_image(target)[0])], [source.name],
                        cfg.grid, stylizer.style_name)
     return status
+
+
+def _style_choice(value: Any) -> Any:
+    """The ``style=`` setting as StyleModel.select takes it: None, a name, or a plain ``{name: weight}`` dict."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _check_folder_videos(source: Path, target: Path) -> list[Path]:
