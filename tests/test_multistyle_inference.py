@@ -3,11 +3,13 @@ TorchScript exports that take the style weights as an input; one-style models ke
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,6 +18,7 @@ from fststyle.bundled import bundled_path
 from fststyle.cli import jobs
 from fststyle.compare import scoring_loss
 from fststyle.errors import UserError
+from fststyle.export import export_model
 from fststyle.images import load_image
 from fststyle.style_model import StyleModel
 from fststyle.stylize import Stylizer
@@ -113,3 +116,88 @@ def test_stylize_and_infer_py_choose_or_blend_a_style_and_name_the_output_after_
         written = load_image(tmp_path / f"photo_{name}.png")
         expected = Stylizer.load(model_path, device="cpu", style=style)(load_image(source))
         assert (written - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_compare_takes_a_style_name_or_blend_and_keeps_image_paths_as_scoring_targets(model_path: Path, compose,
+                                                                                      tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(bundled_path("data/preview/000000000030.jpg")).resize((48, 32)).save(photos / "a.png")
+    scoring_image = tmp_path / "painting.png"
+    Image.open(bundled_path("data/styles/the_scream.jpg")).resize((40, 30)).save(scoring_image)
+
+    def run(*overrides: str) -> dict:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        cfg = compose("compare", f"model={model_path}", f"input={photos}", f"output={out}", "engines=[fast]",
+                      "device=cpu", "image_size=48", "cell_height=32", *overrides)
+        assert jobs.compare(cfg) == 0
+        report = json.loads((out / "report.json").read_text())
+        return {"report": report, "fast": load_image(out / "fast" / "a.png")}
+
+    content = load_image(photos / "a.png", 48)
+    for override, style, name, blend in (("udnie", "udnie", "udnie", None),
+                                         ("{starry_night: 0.25, udnie: 0.75}", {"starry_night": 0.25, "udnie": 0.75},
+                                          "starry_night+udnie", [0.25, 0.75])):
+        result = run(f"style={override}")
+        assert result["report"]["model"]["style"]["name"] == name
+        assert result["report"]["model"]["style"]["blend"] == blend
+        chosen = StyleModel.load(model_path).select(style)
+        assert (result["fast"] - Stylizer.from_model(chosen, device="cpu")(content)).abs().max() <= 1 / 255 + 1e-6
+        # scored against the chosen styles' stored images
+        loss = scoring_loss(chosen, torch.device("cpu"), chosen.style_images)  # stored at the style size
+        scored = result["report"]["photos"][0]["results"]["fast"]["losses"]["style"]
+        assert scored == pytest.approx(float(loss(result["fast"], content)["style"]), rel=1e-4)
+    with_image = run("style=[udnie," + str(scoring_image) + "]")  # a name chooses, an existing file is scored
+    chosen = StyleModel.load(model_path).select("udnie")
+    loss = scoring_loss(chosen, torch.device("cpu"), [load_image(scoring_image, STYLE_SIZE)])
+    scored = with_image["report"]["photos"][0]["results"]["fast"]["losses"]["style"]
+    assert scored == pytest.approx(float(loss(with_image["fast"], content)["style"]), rel=1e-4)
+    for overrides, message in (((), "holds 3 styles: starry_night, the_scream, udnie"),
+                               (("style=mosaic",), "style=mosaic is neither one of the styles of .* \\(starry_night, "
+                                                   "the_scream, udnie\\) nor an existing image file")):
+        with pytest.raises(UserError, match=message):
+            run(*overrides)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_exports_of_a_multi_style_model_take_the_style_weights(model_path: Path, tmp_path: Path, kind: str) -> None:
+    if kind == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(str(export_model(model_path, "onnx", tmp_path / "m.onnx")),
+                                               providers=["CPUExecutionProvider"])
+        assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("images", [3, "height", "width"]),
+                                                                         ("style_weights", [3])]
+
+        def exported(images: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+            return session.run(None, {"images": images.numpy(), "style_weights": weights.numpy()})[0]
+    else:
+        scripted = torch.jit.load(str(export_model(model_path, "torchscript", tmp_path / "m.pt")))
+
+        def exported(images: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+            with torch.no_grad():
+                return scripted(images, weights).numpy()
+    network = StyleModel.load(model_path).network
+    one_hot, blend = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.5, 0.0, 0.5]])
+    per_image = torch.cat([one_hot, blend])
+    for images, weights in ((torch.rand(1, 3, 37, 29), one_hot), (torch.rand(2, 3, 32, 40), blend),
+                            (torch.rand(2, 3, 21, 30), per_image)):
+        with torch.no_grad():
+            reference = network(images, weights).numpy()
+        np.testing.assert_allclose(exported(images, weights), reference, atol=TOLERANCE, rtol=0)
+    chosen = StyleModel.load(model_path).select({"starry_night": 0.5, "udnie": 0.5}).network
+    images = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():  # the exported blend is the blend stylize runs
+        np.testing.assert_allclose(exported(images, blend), chosen(images).numpy(), atol=TOLERANCE, rtol=0)
+
+
+def test_models_lists_the_styles_of_a_multi_style_model(model_path: Path, monkeypatch, capsys) -> None:
+    import fststyle.bundled
+
+    shipped = fststyle.bundled.shipped_models()
+    monkeypatch.setattr(fststyle.bundled, "shipped_models", lambda: {**shipped, "three": model_path})
+    assert jobs.models() == 0
+    lines = capsys.readouterr().out.splitlines()
+    (line,) = [line for line in lines if line.startswith("three ")]
+    assert "starry_night, the_scream, udnie" in line
+    (line,) = [line for line in lines if line.startswith("starry_night ")]
+    assert line.split()[1] == "starry_night"
