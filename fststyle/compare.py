@@ -82,6 +82,24 @@ def style_images(model: StyleModel, style_paths: Sequence[str | Path] | None = N
     return [resize_image(image, int(size)) for image in images]
 
 
+def choose_style(model: StyleModel, style: str | Mapping[str, float] | Sequence[str] | None) -> StyleModel:
+    """The one-style model compare runs and scores: ``style`` is None, one of the model's style names (a list
+    of at most one) or a ``{name: weight}`` blend (StyleModel.select)."""
+    if isinstance(style, Mapping):
+        return model.select(style)
+    names = [style] if isinstance(style, str) else list(style or [])
+    known = model.style_names
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ComparisonError(f"style={unknown[0]} is neither one of the styles of {model.path} "
+                              f"({', '.join(known)}) nor an existing image file; choose a style with "
+                              f"style={known[0]}, or score against an image with style=painting.jpg")
+    if len(names) > 1:
+        raise ComparisonError(f"style= names {len(names)} of the model's styles ({', '.join(names)}); choose one, "
+                              f"or blend them with 'style={{{names[0]}: 0.5, {names[1]}: 0.5}}'")
+    return model.select(names[0] if names else None)
+
+
 def scoring_config(model: StyleModel, loss_weights: str | None = None) -> dict[str, Any]:
     """The model's training loss config, with VGG weights ``loss_weights`` when given. A weights file named in
     the metadata is refused: compare loads only weight sources by name (caffe, torchvision, random) or the file
@@ -220,19 +238,21 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
             device: str | torch.device = "cpu", seed: int = 0, cell_height: int = 256,
             photo_root: str | Path | None = None, provenance: Mapping[str, Any] | None = None,
             progress: bool = True, style_paths: Sequence[str | Path] | None = None,
-            loss_weights: str | None = None) -> dict[str, Any]:
+            loss_weights: str | None = None,
+            style: str | Mapping[str, float] | Sequence[str] | None = None) -> dict[str, Any]:
     """Run ``engines`` on every photo, write PNGs, strips, an overview grid, report.md and report.json
     into ``output``; returns the report dict. Unreadable photos, and each engine that failed on a photo, are
     listed under ``failures`` (and that engine's result in the photo's row is ``{"error": ...}``).
 
-    The style targets come from the style image stored in the model, or from ``style_paths`` when given; the
-    scoring loss's VGG weights from a named source in the metadata, or ``loss_weights`` when given."""
+    ``style`` chooses one of a model's styles or blends them (choose_style); the style targets come from the
+    chosen styles' images stored in the model, or from ``style_paths`` when given; the scoring loss's VGG weights
+    from a named source in the metadata, or ``loss_weights`` when given."""
     model, output, device = Path(model), Path(output), torch.device(device)
     engines = list(engines)
     check_engines(engines, engine_configs)
     if not model.is_file():
         raise ComparisonError(f"model not found: {model}; pass model=path/to/style.safetensors")
-    record = StyleModel.load(model)
+    record = choose_style(StyleModel.load(model), style)
     metadata = record.metadata
     styles = style_images(record, style_paths)
     loss = scoring_loss(record, device, styles, loss_weights)

@@ -4,7 +4,8 @@ The exporters take a loaded ``StyleModel`` or a model file's path.
 
 Both export ``TransformerNet`` itself: its forward has no data-dependent branch and its padding is a function
 of the input size; its inference-only fast paths (``fast_inference``, recorded statistics) are off in a loaded
-model and skipped under TorchScript.
+model and skipped under TorchScript. A network of one style takes one input, ``images``; a network of S styles
+(conditional instance norm) also takes ``style_weights`` 1,S or N,S, so the exported file chooses or blends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from fststyle.bundled import bundled_path, find_model
 from fststyle.errors import UserError
@@ -30,19 +32,42 @@ EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safet
 ONNX_EXPORTER_PACKAGES = ("onnx", "onnxscript")
 
 
+class _RowPerImage(nn.Module):
+    """A network of several styles whose ``style_weights`` may hold one row for the whole batch (1,S) or one per
+    image (N,S): the rows are indexed per image, so the ONNX graph needs no broadcast between two dynamic batch
+    sizes. images N,3,H,W, style_weights 1,S or N,S -> N,3,H,W."""
+
+    def __init__(self, network: TransformerNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor) -> torch.Tensor:
+        # the row count as a tensor: the exporter has no ONNX form for a remainder by a symbolic int
+        row_count = torch.ones_like(style_weights[:, 0], dtype=torch.int64).sum()
+        rows = torch.arange(images.shape[0], device=images.device) % row_count
+        return self.network(images, style_weights.index_select(0, rows))
+
+
 def export_onnx(model: StyleModel | str | Path, out: str | Path) -> Path:
-    """Write the style model (or the one at that path) as ONNX with dynamic batch, height and width (H, W >= 8)."""
+    """Write the style model (or the one at that path) as ONNX with dynamic batch, height and width (H, W >= 8);
+    a model of S styles also takes ``style_weights`` 1,S or N,S."""
     _require_onnx_exporter()
-    net = _network(model)
+    net = _network(model).eval()
     # batch 2 and odd sizes so the exporter cannot specialise any of them to a constant
     example = torch.rand(2, 3, 67, 61)
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=ONNX_MIN_SIZE),
             3: torch.export.Dim("width", min=ONNX_MIN_SIZE)}
+    styles = net.config.styles
+    if styles > 1:  # 3 rows: a batch size of its own, neither 1 nor the images' 2
+        module, inputs = _RowPerImage(net).eval(), (example, torch.rand(3, styles))
+        names, shapes = ["images", "style_weights"], {"images": dims,
+                                                      "style_weights": {0: torch.export.Dim("style_rows", min=1)}}
+    else:
+        module, inputs, names, shapes = net, (example,), ["images"], {"images": dims}
     out = Path(out)
     with atomic_write(out) as tmp:
-        program = torch.onnx.export(net.eval(), (example,), dynamo=True, opset_version=ONNX_OPSET,
-                                    input_names=["images"], output_names=["stylised"],
-                                    dynamic_shapes={"images": dims}, verbose=False)
+        program = torch.onnx.export(module, inputs, dynamo=True, opset_version=ONNX_OPSET, input_names=names,
+                                    output_names=["stylised"], dynamic_shapes=shapes, verbose=False)
         program.save(str(tmp))
     return out
 
@@ -66,7 +91,8 @@ def _require_onnx_exporter() -> None:
 
 
 def export_torchscript(model: StyleModel | str | Path, out: str | Path) -> Path:
-    """Write the style model (or the one at that path) as a scripted TorchScript module that runs any H, W."""
+    """Write the style model (or the one at that path) as a scripted TorchScript module that runs any H, W;
+    a model of S styles takes ``(images, style_weights)`` with style_weights 1,S or N,S."""
     net = _network(model)
     scripted = torch.jit.script(net.eval())
     out = Path(out)

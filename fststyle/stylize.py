@@ -3,6 +3,7 @@
     stylizer = Stylizer.load("checkpoints/starry_night.safetensors")
     stylised = stylizer(Image.open("photo.jpg"))          # PIL in, PIL out (alpha carried over)
     batch = stylizer(torch.rand(2, 3, 480, 640))           # N,3,H,W in [0,1] in, same shape out
+    blend = Stylizer.load("several.safetensors", style={"starry_night": 0.7, "the_scream": 0.3})
 
 Plain PyTorch; ``fststyle stylize`` (fststyle/cli/jobs.py) is the command line over it.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,16 +127,19 @@ class Stylizer:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
-             **options: Any) -> Stylizer:
-        """Load a ``.safetensors`` style model (or a training ``.ckpt``, weights-only) onto ``device``."""
-        return cls.from_model(StyleModel.load(path), device, precision, **options)
+             style: str | Mapping[str, float] | None = None, **options: Any) -> Stylizer:
+        """Load a ``.safetensors`` style model (or a training ``.ckpt``, weights-only) onto ``device``; ``style``
+        chooses one of a model's styles by name or blends them (``{name: weight}``; StyleModel.select)."""
+        return cls.from_model(StyleModel.load(path), device, precision, style=style, **options)
 
     @classmethod
     def from_model(cls, model: StyleModel, device: str | torch.device = "auto", precision: str = "auto",
-                   **options: Any) -> Stylizer:
-        """Run a loaded style model's network (moved to ``device`` and the precision's dtype) on ``device``."""
+                   style: str | Mapping[str, float] | None = None, **options: Any) -> Stylizer:
+        """Run a loaded style model's network (moved to ``device`` and the precision's dtype) on ``device``: the
+        one-style network of ``style`` (a name or ``{name: weight}``; None for a model of one style)."""
+        chosen = model.select(style)
         resolved = resolve_device(device)
-        return cls(model.network, model.metadata, device=resolved, dtype=resolve_precision(precision, resolved),
+        return cls(chosen.network, chosen.metadata, device=resolved, dtype=resolve_precision(precision, resolved),
                    **options)
 
     @property

@@ -229,7 +229,7 @@ def test_compare_output_inside_the_input_folder_is_not_compared_again(random_vgg
     torch.manual_seed(0)
     loss = random_vgg_loss("vgg16", {"relu1_2": 1.0}, {"relu1_2": 1.0})
     model = StyleModel(TransformerNet(width=0.25, residual_blocks=1), {"style": {"name": "navy", "size": 12}, "loss": loss},
-                       torch.rand(1, 3, 12, 12)).save(workspace / "scored.safetensors")
+                       [torch.rand(1, 3, 12, 12)]).save(workspace / "scored.safetensors")
     cfg = compose("compare", f"model={model}", f"input={photos}", f"output={photos / 'cmp'}", "engines=[fast]",
                   "image_size=16", "device=cpu")
     assert jobs.compare(cfg) == 0

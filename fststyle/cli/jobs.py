@@ -71,8 +71,10 @@ def stylize(cfg: DictConfig) -> int:
                       "codec": cfg.video_codec}
     check_temporal_mode(cfg.temporal)
 
+    style = _style_choice(cfg.style)
+
     def load() -> Stylizer:
-        return Stylizer.load(cfg.model, device=cfg.device, precision=cfg.precision, tile=cfg.tile,
+        return Stylizer.load(cfg.model, device=cfg.device, precision=cfg.precision, style=style, tile=cfg.tile,
                              tile_overlap=cfg.tile_overlap, strength=cfg.strength, preserve_color=cfg.preserve_color,
                              compile=cfg.compile, statistics_size=cfg.tile_statistics_size)
 
@@ -135,6 +137,11 @@ def stylize(cfg: DictConfig) -> int:
             write_grid([(open_image(source, max_pixels=max_pixels)[0], open_image(target)[0])], [source.name],
                        cfg.grid, stylizer.style_name)
     return status
+
+
+def _style_choice(value: Any) -> Any:
+    """The ``style=`` setting as StyleModel.select takes it: None, a name, or a plain ``{name: weight}`` dict."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _check_folder_videos(source: Path, target: Path) -> list[Path]:
@@ -326,18 +333,28 @@ def compare(cfg: DictConfig) -> int:
     if not model.is_file():
         raise ComparisonError(f"model not found: {cfg.model}; pass --model starry_night or a .safetensors file")
     check_writable(output, folder=True)
-    style_paths = _paths(cfg.style) or None
+    style_paths, style = _compare_styles(cfg.style)
     inputs = [*sources, model, *photos, *(style_paths or [])]
     refuse_overwriting_inputs(inputs, [output, *planned_outputs(output, engines, photo_names(photos, root))])
     report = compare(model, photos, output, engines=engines, engine_configs=configs,
                      image_size=cfg.get("image_size"), device=resolve_device(str(cfg.device)), seed=int(cfg.seed),
                      cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance,
-                     style_paths=style_paths, loss_weights=cfg.get("loss_weights"))
+                     style_paths=style_paths, loss_weights=cfg.get("loss_weights"), style=style)
     log.info("wrote %s and %s", output / "report.md", output / "report.json")
     if report["failures"]:
         log.error("%d failures on %d photos (listed in report.md)", len(report["failures"]), len(photos))
         return 1
     return 0
+
+
+def _compare_styles(value: Any) -> tuple[list[Path] | None, Any]:
+    """compare's ``style=`` split into (style images to score against, the model's style to run): an existing
+    file is a style image; a ``{name: weight}`` mapping and any other value name the model's style(s)."""
+    value = _style_choice(value)
+    if value is None or isinstance(value, dict):
+        return None, value
+    paths = _paths(value)
+    return [path for path in paths if path.is_file()] or None, [str(path) for path in paths if not path.is_file()]
 
 
 def export(cfg: DictConfig) -> int:
@@ -360,15 +377,18 @@ def train(cfg: DictConfig) -> int:
 
 
 def models() -> int:
-    """``fststyle models``: the shipped style models, one line each (name, style, size, steps, hardware)."""
+    """``fststyle models``: the shipped style models, one line each (name, style(s), size, steps, hardware); a
+    model of several styles lists them all (style=NAME chooses one at stylize)."""
     from fststyle.bundled import shipped_models
     from fststyle.style_model import StyleModel
 
     rows = [("name", "style", "size", "steps", "trained on", "file")]
     for name, path in shipped_models().items():
-        metadata = StyleModel.load(path).metadata
+        model = StyleModel.load(path)
+        metadata = model.metadata
         style = metadata.get("style") or {}
-        rows.append((name, str(style.get("name", "?")), f"{metadata.get('image_size', '?')} px",
+        styles = ", ".join(model.style_names) if model.network.config.styles > 1 else str(style.get("name", "?"))
+        rows.append((name, styles, f"{metadata.get('image_size', '?')} px",
                      str(metadata.get("steps", "?")), str(metadata.get("hardware", "not recorded")), str(path)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
