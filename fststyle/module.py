@@ -151,12 +151,14 @@ class StyleTransferModule(pl.LightningModule):
         """The names of the styles this run trains, in the order of ``style_terms``."""
         return self.style_names or [self.hparams.style["name"]]
 
-    def batch_styles(self, batch_size: int, batch_idx: int) -> list[int] | None:
-        """The trained style (an index into ``style_terms``) of each image of a batch, taken in turn over the
-        images of all processes so every style gets an even share; None for a network of one style."""
+    def batch_styles(self, batch_size: int, batch_number: int) -> list[int] | None:
+        """The trained style (an index into ``style_terms``) of each image of batch ``batch_number`` (counted
+        across epochs, as a resumed run counts on), taken in turn over the images of all processes so every
+        style gets an even share; None for a network of one style. (The batch index within an epoch would
+        start every epoch at the first style: with 3 styles and epochs of 5 batches of 2, 4:3:3 images.)"""
         if not len(self.style_terms):
             return None
-        first = (batch_idx * self.trainer.world_size + self.trainer.global_rank) * batch_size
+        first = (batch_number * self.trainer.world_size + self.trainer.global_rank) * batch_size
         return [(first + i) % len(self.style_terms) for i in range(batch_size)]
 
     def style_weights(self, styles: list[int]) -> torch.Tensor:
@@ -203,7 +205,7 @@ class StyleTransferModule(pl.LightningModule):
             # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
         images = self.to_memory_format(images)
-        styles = self.batch_styles(images.shape[0], batch_idx)
+        styles = self.batch_styles(images.shape[0], self.trainer.fit_loop.total_batch_idx)
         if self.stability_weight > 0:
             terms = self.stability_terms(images, styles)
         else:
