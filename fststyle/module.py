@@ -339,7 +339,15 @@ class StyleTransferModule(pl.LightningModule):
                                     if not k.startswith(LOSS_PREFIX)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put this module's VGG weights back so the state dict loads strictly."""
+        """Refuse a checkpoint whose network holds another number of styles (one line, not a state-dict size
+        mismatch); put this module's VGG weights back so the state dict loads strictly."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        saved_styles = _network_style_names(saved)
+        if len(saved_styles) != self.transformer.config.styles:
+            raise UserError(f"the checkpoint was trained on the styles {', '.join(saved_styles)} "
+                            f"(finetune_from={(saved.get('finetune') or {}).get('from')}), this run's settings give "
+                            f"{', '.join(_network_style_names(dict(self.hparams)))}: resume with the style=, "
+                            "style_mode=, style_names= and finetune_from= it was trained with")
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(LOSS_PREFIX)})
 
 
@@ -347,3 +355,11 @@ def style_name(paths: list[str]) -> str:
     """A model name from its style images' file names: ``starry_night`` or ``starry_night+udnie``."""
     return "+".join(Path(p).stem for p in paths)
 
+
+
+def _network_style_names(hparams: dict[str, Any]) -> list[str]:
+    """The names of the styles a module's hyper-parameters put in its network, in order (a fine-tune's base
+    styles first)."""
+    style = hparams.get("style") or {}
+    base = [entry["name"] for entry in (hparams.get("finetune") or {}).get("styles") or []]
+    return [*base, *(style.get("names") or [style.get("name")])]

@@ -274,3 +274,15 @@ def test_gatys_gap_measures_the_one_new_style_of_a_finetune(multi_run, repo, tmp
     with torch.no_grad():
         fast = module.loss(module(callback._contents[0], new_style), callback._contents[0], style=module.style_terms[0])
     assert gap["gatys_gap/total"] == pytest.approx(float(fast["total"]) - callback._reference["total"], rel=1e-5)
+
+
+def test_resuming_a_finetune_without_its_settings_is_one_line(multi_finetune, tmp_path: Path, capsys) -> None:
+    """Without finetune_from= the run's network holds one style, the checkpoint's four."""
+    cfg, first = multi_finetune
+    cfg = {**cfg, "run_dir": str(tmp_path), "ckpt_path": str(first.run_dir), "finetune_from": None}
+    with pytest.raises(SystemExit) as exited:
+        run_job(lambda: train(cfg))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(
+        "error: the checkpoint was trained on the styles the_scream, udnie, starry_night, stripes"), error
