@@ -35,6 +35,8 @@ class GatysGapCallback(pl.Callback):
     same photos and the callback logs, averaged over the photos, for every loss term:
     ``gatys_gap/<term>`` = fast minus reference, and for the summed terms (``losses.LOSS_TERMS``)
     ``gatys_ratio/<term>`` = fast / reference (1 = as good as the optimisation). ``gatys_reference/<term>`` is logged once at the start.
+    It compares one style: a fine-tune that adds one style is measured on that style; a run that trains
+    several styles in one network is refused before it starts.
     """
 
     def __init__(self, photos: str | Path | Sequence[str | Path] = PREVIEW_PHOTOS, every_n_steps: int = 500,

@@ -20,7 +20,7 @@ from fststyle.cli.main import main as fststyle_main
 from fststyle.errors import UserError
 from fststyle.style_model import StyleModel
 from fststyle.training import build_module, data_module, train
-from fststyle.transformer import InstanceNorm2d
+from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet
 
 STYLES = ("the_scream", "udnie", "starry_night")
 
@@ -286,3 +286,15 @@ def test_resuming_a_finetune_without_its_settings_is_one_line(multi_finetune, tm
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(
         "error: the checkpoint was trained on the styles the_scream, udnie, starry_night, stripes"), error
+
+
+def test_finetune_of_a_batch_norm_model_is_one_line(repo, tiny_config, tmp_path: Path, capsys) -> None:
+    network = TransformerNet(TransformerConfig(width=0.25, residual_blocks=1, norm="batch"))
+    path = StyleModel(network, {"style": {"name": "batchy"}}).save(tmp_path / "batchy.safetensors")
+    cfg = tiny_config(tmp_path / "run", "trainer.max_steps=1", f"finetune_from={path}",
+                      f"style={repo / 'data/styles/udnie.jpg'}")
+    with pytest.raises(SystemExit) as exited:
+        run_job(lambda: train(cfg))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: finetune_from={path} has batch norms"), error
