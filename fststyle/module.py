@@ -151,12 +151,14 @@ class StyleTransferModule(pl.LightningModule):
         """The names of the styles this run trains, in the order of ``style_terms``."""
         return self.style_names or [self.hparams.style["name"]]
 
-    def batch_styles(self, batch_size: int, batch_idx: int) -> list[int] | None:
-        """The trained style (an index into ``style_terms``) of each image of a batch, taken in turn over the
-        images of all processes so every style gets an even share; None for a network of one style."""
+    def batch_styles(self, batch_size: int, batch_number: int) -> list[int] | None:
+        """The trained style (an index into ``style_terms``) of each image of batch ``batch_number`` (counted
+        across epochs, as a resumed run counts on), taken in turn over the images of all processes so every
+        style gets an even share; None for a network of one style. (The batch index within an epoch would
+        start every epoch at the first style: with 3 styles and epochs of 5 batches of 2, 4:3:3 images.)"""
         if not len(self.style_terms):
             return None
-        first = (batch_idx * self.trainer.world_size + self.trainer.global_rank) * batch_size
+        first = (batch_number * self.trainer.world_size + self.trainer.global_rank) * batch_size
         return [(first + i) % len(self.style_terms) for i in range(batch_size)]
 
     def style_weights(self, styles: list[int]) -> torch.Tensor:
@@ -203,7 +205,8 @@ class StyleTransferModule(pl.LightningModule):
             # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
         images = self.to_memory_format(images)
-        styles = self.batch_styles(images.shape[0], batch_idx)
+        styles = (self.batch_styles(images.shape[0], self.trainer.fit_loop.total_batch_idx)
+                  if len(self.style_terms) else None)  # one style: no trainer needed (tests step by hand)
         if self.stability_weight > 0:
             terms = self.stability_terms(images, styles)
         else:
@@ -337,7 +340,15 @@ class StyleTransferModule(pl.LightningModule):
                                     if not k.startswith(LOSS_PREFIX)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put this module's VGG weights back so the state dict loads strictly."""
+        """Refuse a checkpoint whose network holds another number of styles (one line, not a state-dict size
+        mismatch); put this module's VGG weights back so the state dict loads strictly."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        saved_styles = _network_style_names(saved)
+        if len(saved_styles) != self.transformer.config.styles:
+            raise UserError(f"the checkpoint was trained on the styles {', '.join(saved_styles)} "
+                            f"(finetune_from={(saved.get('finetune') or {}).get('from')}), this run's settings give "
+                            f"{', '.join(_network_style_names(dict(self.hparams)))}: resume with the style=, "
+                            "style_mode=, style_names= and finetune_from= it was trained with")
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(LOSS_PREFIX)})
 
 
@@ -345,3 +356,11 @@ def style_name(paths: list[str]) -> str:
     """A model name from its style images' file names: ``starry_night`` or ``starry_night+udnie``."""
     return "+".join(Path(p).stem for p in paths)
 
+
+
+def _network_style_names(hparams: dict[str, Any]) -> list[str]:
+    """The names of the styles a module's hyper-parameters put in its network, in order (a fine-tune's base
+    styles first)."""
+    style = hparams.get("style") or {}
+    base = [entry["name"] for entry in (hparams.get("finetune") or {}).get("styles") or []]
+    return [*base, *(style.get("names") or [style.get("name")])]

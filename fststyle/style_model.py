@@ -141,7 +141,7 @@ class StyleModel:
         path = Path(path)
         header = {"format": FORMAT, "transformer": self.network.config.to_dict(), **self.metadata}
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.network.state_dict().items()}
-        if self.style_images:
+        if self.style_images is not None and len(self.style_images):  # a list, or a K,3,H,W tensor of one style
             pixels = [(image.detach().cpu().reshape(-1, *image.shape[-2:]) * 255).round().to(torch.uint8).contiguous()
                       for image in self.style_images]
             if self.network.config.styles > 1:

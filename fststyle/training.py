@@ -40,7 +40,7 @@ from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.images import image_files
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
-from fststyle.style_model import StyleModel, training_metadata
+from fststyle.style_model import MAX_STYLE_NAME, StyleModel, training_metadata
 
 LAST_CHECKPOINT = "last.ckpt"
 #: how a list of style images trains: blend (one style from their blended Gram targets) | multi (one network,
@@ -293,11 +293,17 @@ def _style(cfg: dict[str, Any], base: StyleModel | None = None) -> dict[str, Any
     if style["blend"] is not None:
         raise UserError("style_blend= blends the Gram targets of one style; styles learned apart blend at "
                         "inference instead: fststyle stylize ... 'style={a: 0.5, b: 0.5}'")
-    names = [str(name) for name in names] if names else [Path(p).stem for p in paths]
+    if isinstance(names, str):  # style_names=painting: the one name of one style image
+        names = [names]
+    names = [str(name) for name in names] if names is not None else [Path(p).stem for p in paths]
     taken = base.style_names if base is not None else []
     if len(names) != len(paths):
         raise UserError(f"style_names= has {len(names)} names for {len(paths)} style images; give one per image")
     for index, name in enumerate(names):
+        # the model file's check (style_model.MAX_STYLE_NAME), and the exported file is named after the styles
+        if not 0 < len(name) <= MAX_STYLE_NAME or "/" in name or "\\" in name:
+            raise UserError(f"style_names= {name!r} is not a style name: give 1 to {MAX_STYLE_NAME} characters "
+                            "without / or \\ (the model file is named after its styles)")
         if name in taken or name in names[:index]:
             where = f"finetune_from={base.path} already holds" if name in taken else "two style images share"
             raise UserError(f"{where} the style name {name!r}; name the new styles with style_names='[...]'")
@@ -324,6 +330,9 @@ def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     transformer, finetune = cfg["transformer"], None
     if base is not None:  # the fine-tuned model's architecture, whatever the transformer group says
         transformer = base.network.config.to_dict()
+        if transformer["norm"] != "instance":
+            raise UserError(f"finetune_from={base.path} has {transformer['norm']} norms; new styles need instance "
+                            "norms (their scale and shift are the style): train the styles together from scratch")
         steps = [entry["steps"] for entry in base.metadata["styles"]] if "styles" in base.metadata \
             else [base.metadata.get("steps") or 0]
         finetune = {"from": str(base.path), "styles": [{"name": name, "steps": step}
@@ -335,7 +344,12 @@ def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
     if base is not None:
         grown = base.network.with_new_styles(module.transformer.config.styles - base.network.config.styles)
         module.transformer.load_state_dict(grown.state_dict())
-        module.model_style_images = None if base.style_images is None else [*base.style_images, *module.style_images]
+        # one stored image per style, or none: a blend model stores its several images for its one style
+        one_each = base.style_images is not None and len(base.style_images) == base.network.config.styles
+        module.model_style_images = [*base.style_images, *module.style_images] if one_each else None
+        if base.style_images is not None and not one_each:
+            rank_zero_warn(f"finetune_from={base.path} stores {len(base.style_images)} style images for its "
+                           f"{base.network.config.styles} style(s) (a blend): the fine-tuned model stores none")
     return module
 
 
