@@ -357,7 +357,6 @@ def style_name(paths: list[str]) -> str:
     return "+".join(Path(p).stem for p in paths)
 
 
-
 def _network_style_names(hparams: dict[str, Any]) -> list[str]:
     """The names of the styles a module's hyper-parameters put in its network, in order (a fine-tune's base
     styles first)."""
