@@ -65,10 +65,38 @@ def check_video_suffix(path: str | os.PathLike) -> Path:
 
 def check_video_job(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Raise UserError unless ``source`` can be stylised into ``target``: a video suffix, a writable folder,
-    and not the input itself."""
+    not the input itself, and a readable video."""
     target = check_video_suffix(target)
     check_writable(target)
     refuse_overwriting_inputs([source], [target])
+    check_video_input(source)
+
+
+def _check_video_streams(container: Any, source: Path) -> None:
+    """Raise VideoReadError naming ``source`` unless ``container`` has a video stream FFmpeg can decode."""
+    if not container.streams.video:
+        raise VideoReadError(f"{source}: no video stream (audio only?); pass a video file")
+    if container.streams.video[0].codec_context is None:
+        raise VideoReadError(f"{source}: unknown video codec; convert it, e.g. ffmpeg -i {source.name} "
+                             f"-c:v libx264 {source.stem}_h264.mp4")
+
+
+def _open_video(av: Any, source: Path) -> Any:
+    """``source`` opened for reading, or a VideoReadError naming it."""
+    try:
+        return av.open(str(source))
+    except av.FFmpegError as error:
+        raise VideoReadError(f"{source}: not a readable video, or truncated ({error.strerror or error}); "
+                             f"pass a complete {'/'.join(VIDEO_SUFFIXES)} file") from None
+
+
+def check_video_input(source: str | os.PathLike) -> list[str]:
+    """Open ``source`` (headers only, no frame decoded) and return its audio codecs' names; raise VideoReadError
+    naming it unless it is a container with a video stream FFmpeg can decode."""
+    source = Path(source)
+    with _open_video(_import_av(), source) as container:
+        _check_video_streams(container, source)
+        return [stream.codec_context.name for stream in container.streams.audio if stream.codec_context]
 
 
 def check_video_codec(codec: str) -> str:
@@ -148,18 +176,9 @@ def stylize_video(stylizer: Any, source: str | os.PathLike, target: str | os.Pat
     check_video_job(source, target)
     quality, codec = check_video_quality(quality), check_video_codec(codec)
     start = time.perf_counter()
-    try:
-        container = av.open(str(source))
-    except av.FFmpegError as error:
-        raise VideoReadError(f"{source}: not a readable video, or truncated ({error.strerror or error}); "
-                             f"pass a complete {'/'.join(VIDEO_SUFFIXES)} file") from None
-    with container:
-        if not container.streams.video:
-            raise VideoReadError(f"{source}: no video stream (audio only?); pass a video file")
+    with _open_video(av, source) as container:
+        _check_video_streams(container, source)
         video = container.streams.video[0]
-        if video.codec_context is None:
-            raise VideoReadError(f"{source}: unknown video codec; convert it, e.g. ffmpeg -i {source.name} "
-                                 f"-c:v libx264 {source.stem}_h264.mp4")
         audio = list(container.streams.audio)
         expected = _expected_frames(video)
         with atomic_write(target) as temporary:

@@ -234,3 +234,39 @@ def test_temporal_flow_is_the_default_and_calms_flicker_through_the_command(tmp_
     assert change["flow"] < 0.6 * change["none"], change
     result = run("-m", "fststyle", "stylize", "still.mp4", "-m", "starry_night", "temporal=flwo", cwd=tmp_path)
     assert result.returncode == 2 and "choose one of none, flow" in result.stderr, result.stderr
+
+
+def unknown_codec_clip(path: Path, photo: Path) -> Path:
+    """A valid Matroska file whose video track's CodecID names no codec FFmpeg knows (the H.264 id patched)."""
+    data = make_clip(path, photo, frames=4).read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_FSTSTYLE/NONE"))  # same length: the EBML sizes hold
+    return path
+
+
+def test_an_unknown_video_codec_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    source = unknown_codec_clip(tmp_path / "odd.mkv", REPO / "data" / "preview" / "000000000030.jpg")
+    with av.open(str(source)) as container:  # the container opens; only the codec is unknown
+        assert container.streams.video and container.streams.video[0].codec_context is None
+    with pytest.raises(VideoReadError, match=rf"{re.escape(str(source))}: unknown video codec") as caught:
+        stylize_video(tiny_stylizer(), source, tmp_path / "out.mp4", progress=False)
+    assert "\n" not in str(caught.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["odd.mkv"]
+
+
+def test_a_bad_video_fails_before_the_model_is_loaded(clips: dict[str, Path], tmp_path: Path) -> None:
+    """The model file here is not a model: loading it would be its own error, so the video's line shows that
+    the video was checked first."""
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    unknown_codec_clip(tmp_path / "odd.mkv", REPO / "data" / "preview" / "000000000030.jpg")
+    (tmp_path / "sound.mp4").write_bytes(clips["sound"].read_bytes())
+    (tmp_path / "notes.mp4").write_bytes(clips["notes"].read_bytes())
+    for name, complaint in [("odd.mkv", "unknown video codec"), ("sound.mp4", "no video stream"),
+                            ("notes.mp4", "not a readable video")]:
+        for output in (("-o", "out.mp4"), ()):  # without -o the model names the output, yet the video goes first
+            result = run("-m", "fststyle", "stylize", name, "-m", "broken.safetensors", *output, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith(f"error: {name}: ") and complaint in lines[0], result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.safetensors", "notes.mp4", "odd.mkv",
+                                                                "sound.mp4"]
