@@ -4,7 +4,8 @@
 
 Streams: at most ``batch_size`` decoded frames are held, so memory does not grow with the clip's length
 (docs/stylize.md §Video has the measurement). Every frame keeps its timestamp (variable frame rate too),
-the output has the input's size and display rotation, and audio packets are remuxed without re-encoding.
+the output has the input's size, display rotation and colour description, and audio packets are remuxed
+without re-encoding.
 The output is written beside the target under a temporary name and renamed only when complete.
 PyAV is the optional extra ``fststyle[video]``; it is imported only when a video is stylised.
 """
@@ -31,7 +32,11 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 #: (FFmpeg's H.264 encoding guide, trac.ffmpeg.org/wiki/Encode/H.264; x264's own default is 23)
 DEFAULT_VIDEO_QUALITY = 18
 DEFAULT_VIDEO_CODEC = "libx264"
-
+#: FFmpeg's AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic "unspecified" and AVColorRange's
+#: (libavutil/pixfmt.h); YUV matrices swscale converts with (the AVColorSpace values it maps: BT.709, FCC,
+#: BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020 non-constant)
+UNSPECIFIED_COLOUR, UNSPECIFIED_RANGE = 2, 0
+CONVERTIBLE_MATRICES = (1, 4, 5, 6, 7, 9)
 #: stylised frame (3,H,W in [0,1]) of the original frame (3,H,W) -> the frame to encode (3,H,W)
 Smoother = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -218,7 +223,7 @@ def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary:
             if smoother is not None:
                 image = smoother(original, image)
             array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-            encoded = av.VideoFrame.from_ndarray(array, format="rgb24")
+            encoded = _to_encoder(av.VideoFrame.from_ndarray(array, format="rgb24"), out_video.codec_context)
             encoded.pts, encoded.time_base = frame.pts, frame.time_base
             for packet in out_video.encode(encoded):
                 output.mux(packet)
@@ -267,8 +272,32 @@ def _muxer(path: Path) -> str:
     return {".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower(), "mp4")
 
 
+def _copy_colour_tags(first: Any, context: Any) -> None:
+    """Give the encoder ``context`` the colour description the input's ``first`` frame declares (primaries,
+    transfer, range; the YUV matrix where swscale converts into it), so a BT.709 clip stays tagged BT.709."""
+    if first.color_primaries != UNSPECIFIED_COLOUR:
+        context.color_primaries = first.color_primaries
+    if first.color_trc != UNSPECIFIED_COLOUR:
+        context.color_trc = first.color_trc
+    if first.colorspace in CONVERTIBLE_MATRICES:
+        context.colorspace = first.colorspace
+    if first.color_range != UNSPECIFIED_RANGE:
+        context.color_range = first.color_range
+
+
+def _to_encoder(frame: Any, context: Any) -> Any:
+    """The RGB ``frame`` converted to the encoder's pixel format with the matrix and range ``context`` is tagged
+    with (the ones the input was decoded with), so the colours round-trip."""
+    return frame.reformat(format=context.pix_fmt,
+                          dst_colorspace=context.colorspace if context.colorspace in CONVERTIBLE_MATRICES else None,
+                          dst_color_range=context.color_range or None)
+
+
+
+
 def _video_stream(output: Any, video: Any, first: Any, codec: str, quality: int) -> Any:
-    """The output video stream: ``codec`` at CRF ``quality``, the input's size, time base and display matrix."""
+    """The output video stream: ``codec`` at CRF ``quality``, the input's size, time base, display matrix and
+    colour description."""
     stream = output.add_stream(codec, rate=video.average_rate or video.guessed_rate,
                                options={"crf": str(quality)} if codec in ("libx264", "libx265") else {})
     stream.width, stream.height = first.width, first.height
@@ -276,8 +305,8 @@ def _video_stream(output: Any, video: Any, first: Any, codec: str, quality: int)
     stream.pix_fmt = "yuv420p" if first.width % 2 == 0 and first.height % 2 == 0 else "yuv444p"
     stream.time_base = video.time_base
     stream.codec_context.time_base = video.time_base
+    _copy_colour_tags(first, stream.codec_context)
     matrix = _display_matrix(first)
     if matrix is not None:
         stream.set_display_matrix(matrix)
     return stream
-

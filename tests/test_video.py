@@ -26,19 +26,25 @@ av = pytest.importorskip("av")
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, FRAMES = 96, 64, 24
 MILLISECOND = Fraction(1, 1000)
+BT709, LIMITED_RANGE = 1, 1  # FFmpeg's AVCOL_PRI/TRC/SPC_BT709 and AVCOL_RANGE_MPEG (libavutil/pixfmt.h)
 PROGRESS = re.compile(r"frame/s|s/frame")  # tqdm's progress lines (frames/s and ETA) on stderr
 
 
 def make_clip(path: Path, photo: Path, *, frames: int = FRAMES, variable_rate: bool = False, rotation: int = 0,
-              audio: bool = True, video: bool = True) -> Path:
+              audio: bool = True, video: bool = True, bt709: bool = False) -> Path:
     """A pan across ``photo`` (WIDTH x HEIGHT, ``frames`` frames at 24 fps, or alternating 20/40 ms frames),
-    with ``rotation`` in its display matrix and a 440 Hz mono AAC track."""
+    with ``rotation`` in its display matrix and a 440 Hz mono AAC track; ``bt709``: converted and tagged as
+    BT.709 (primaries, transfer, matrix, limited range), else untagged."""
     strip = np.asarray(Image.open(photo).convert("RGB").resize((2 * WIDTH, HEIGHT)))
     output = av.open(str(path), "w")
     if video:
         stream = output.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.time_base = stream.codec_context.time_base = MILLISECOND
+        if bt709:
+            context = stream.codec_context
+            context.color_primaries = context.color_trc = context.colorspace = BT709
+            context.color_range = LIMITED_RANGE
         if rotation:
             stream.set_display_rotation(rotation)
     sound = output.add_stream("aac", rate=16000, layout="mono") if audio else None
@@ -46,6 +52,8 @@ def make_clip(path: Path, photo: Path, *, frames: int = FRAMES, variable_rate: b
     for index in range(frames if video else 0):
         left = index * WIDTH // FRAMES
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(strip[:, left:left + WIDTH]), format="rgb24")
+        if bt709:
+            frame = frame.reformat(format="yuv420p", dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
         frame.pts, frame.time_base = pts, MILLISECOND
         pts += (40 if index % 2 else 20) if variable_rate else 42
         for packet in stream.encode(frame):
@@ -270,3 +278,27 @@ def test_a_bad_video_fails_before_the_model_is_loaded(clips: dict[str, Path], tm
             assert len(lines) == 1 and lines[0].startswith(f"error: {name}: ") and complaint in lines[0], result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.safetensors", "notes.mp4", "odd.mkv",
                                                                 "sound.mp4"]
+
+
+def colour_tags(path: Path) -> tuple[int, int, int, int]:
+    """The first frame's primaries, transfer, matrix and range, as FFmpeg's enum values."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    return frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range
+
+
+def test_the_inputs_colour_description_is_kept(tmp_path: Path) -> None:
+    bars = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30], [30, 200, 200], [200, 30, 200],
+                     [120, 120, 120], [230, 230, 230]], dtype=np.uint8)  # saturated: the matrix matters
+    Image.fromarray(np.repeat(np.repeat(bars[None], HEIGHT, 0), 2 * WIDTH // len(bars), 1)).save(tmp_path / "bars.png")
+    source = make_clip(tmp_path / "hd.mp4", tmp_path / "bars.png", bt709=True, frames=6)
+    assert colour_tags(source) == (BT709, BT709, BT709, LIMITED_RANGE)
+    for suffix in (".mp4", ".mkv"):
+        stylize_video(tiny_stylizer(strength=0.0), source, tmp_path / f"out{suffix}", quality=0, progress=False)
+        assert colour_tags(tmp_path / f"out{suffix}") == (BT709, BT709, BT709, LIMITED_RANGE)
+        # converted with the matrix it is tagged with, the unchanged frames come back: measured 1.0 levels
+        # (4:2:0 rounding); BT.601's matrix under BT.709 tags gave 9.8
+        assert np.abs(probe(tmp_path / f"out{suffix}")["pixels"] - probe(source)["pixels"]).mean() < 2
+    untagged = make_clip(tmp_path / "plain.mp4", tmp_path / "bars.png", frames=6)
+    stylize_video(tiny_stylizer(), untagged, tmp_path / "plain_out.mp4", progress=False)
+    assert colour_tags(tmp_path / "plain_out.mp4") == colour_tags(untagged)  # nothing invented
