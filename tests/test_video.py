@@ -31,43 +31,46 @@ PROGRESS = re.compile(r"frame/s|s/frame")  # tqdm's progress lines (frames/s and
 
 
 def make_clip(path: Path, photo: Path, *, frames: int = FRAMES, variable_rate: bool = False, rotation: int = 0,
-              audio: bool = True, video: bool = True, bt709: bool = False) -> Path:
+              audio: bool = True, video: bool = True, codec: str = "libx264", audio_codec: str = "aac",
+              bt709: bool = False) -> Path:
     """A pan across ``photo`` (WIDTH x HEIGHT, ``frames`` frames at 24 fps, or alternating 20/40 ms frames),
-    with ``rotation`` in its display matrix and a 440 Hz mono AAC track; ``bt709``: converted and tagged as
-    BT.709 (primaries, transfer, matrix, limited range), else untagged."""
+    with ``rotation`` in its display matrix and a 440 Hz mono track; ``bt709``: converted and tagged as BT.709
+    (primaries, transfer, matrix, limited range), else untagged."""
     strip = np.asarray(Image.open(photo).convert("RGB").resize((2 * WIDTH, HEIGHT)))
+    tick = Fraction(1, 24) if path.suffix == ".avi" else MILLISECOND  # AVI counts frames
     output = av.open(str(path), "w")
     if video:
-        stream = output.add_stream("libx264", rate=24)
+        stream = output.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.time_base = stream.codec_context.time_base = MILLISECOND
+        stream.time_base = stream.codec_context.time_base = tick
         if bt709:
             context = stream.codec_context
             context.color_primaries = context.color_trc = context.colorspace = BT709
             context.color_range = LIMITED_RANGE
         if rotation:
             stream.set_display_rotation(rotation)
-    sound = output.add_stream("aac", rate=16000, layout="mono") if audio else None
+    rate = 48000 if audio_codec == "libopus" else 16000  # Opus encodes at 48 kHz (and 8/12/16/24)
+    sound = output.add_stream(audio_codec, rate=rate, layout="mono") if audio else None
     pts = 0
     for index in range(frames if video else 0):
         left = index * WIDTH // FRAMES
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(strip[:, left:left + WIDTH]), format="rgb24")
         if bt709:
             frame = frame.reformat(format="yuv420p", dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
-        frame.pts, frame.time_base = pts, MILLISECOND
-        pts += (40 if index % 2 else 20) if variable_rate else 42
+        frame.pts, frame.time_base = pts, tick
+        pts += 1 if tick != MILLISECOND else (40 if index % 2 else 20) if variable_rate else 42
         for packet in stream.encode(frame):
             output.mux(packet)
     if video:
         for packet in stream.encode():
             output.mux(packet)
     if sound is not None:
-        samples = max(frames, 1) * 16000 // 24
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 16000)).astype(np.float32)[None]
-        for start in range(0, samples, 1024):
+        samples = max(frames, 1) * rate // 24
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / rate)).astype(np.float32)[None]
+        for start in range(0, samples, 1024):  # PyAV re-chunks and converts to what the encoder takes
             chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
                                                layout="mono")
-            chunk.sample_rate, chunk.pts = 16000, start
+            chunk.sample_rate, chunk.pts = rate, start
             for packet in sound.encode(chunk):
                 output.mux(packet)
         for packet in sound.encode():
@@ -302,3 +305,32 @@ def test_the_inputs_colour_description_is_kept(tmp_path: Path) -> None:
     untagged = make_clip(tmp_path / "plain.mp4", tmp_path / "bars.png", frames=6)
     stylize_video(tiny_stylizer(), untagged, tmp_path / "plain_out.mp4", progress=False)
     assert colour_tags(tmp_path / "plain_out.mp4") == colour_tags(untagged)  # nothing invented
+
+
+def test_avi_and_webm_in_and_out(tmp_path: Path) -> None:
+    photo = REPO / "data" / "preview" / "000000000030.jpg"
+    make_clip(tmp_path / "clip.avi", photo)
+    report = stylize_video(tiny_stylizer(), tmp_path / "clip.avi", tmp_path / "out.avi", progress=False)
+    out = probe(tmp_path / "out.avi")
+    assert report.frames == out["frames"] == FRAMES and out["audio_packets"] > 0
+    # AVI keeps no display times (its H.264 B-frames decode with scrambled ones): frame n is at n / 24 s
+    stylize_video(tiny_stylizer(), tmp_path / "clip.avi", tmp_path / "avi.mkv", progress=False)
+    assert probe(tmp_path / "avi.mkv")["times"] == pytest.approx(np.arange(FRAMES) / 24, abs=1e-3)
+    if not {"libvpx-vp9", "libopus"} <= av.codecs_available:
+        pytest.skip("this PyAV's FFmpeg lacks libvpx-vp9 or libopus, so no WebM can be made here")
+    make_clip(tmp_path / "clip.webm", photo, codec="libvpx-vp9", audio_codec="libopus")
+    report = stylize_video(tiny_stylizer(), tmp_path / "clip.webm", tmp_path / "out.webm", progress=False)
+    out = probe(tmp_path / "out.webm")
+    assert report.frames == out["frames"] == FRAMES and report.audio_streams == 1 and out["audio_packets"] > 0
+    with av.open(str(tmp_path / "out.webm")) as container:  # VP9 by default: WebM takes no H.264
+        assert container.streams.video[0].codec_context.name == "vp9"
+    with pytest.raises(UserError, match=r"video_codec=libvpx-vp9"):
+        stylize_video(tiny_stylizer(), tmp_path / "clip.webm", tmp_path / "h264.webm", codec="libx264",
+                      progress=False)
+    with pytest.raises(UserError, match=rf"{re.escape(str(tmp_path / 'clip.avi'))} has aac .* -o aac.mkv"):
+        stylize_video(tiny_stylizer(), tmp_path / "clip.avi", tmp_path / "aac.webm", progress=False)
+    result = run("-m", "fststyle", "stylize", "clip.avi", "-m", "starry_night", "-o", "aac.webm", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "-o aac.mkv" in lines[0], result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["avi.mkv", "clip.avi", "clip.webm", "out.avi",
+                                                                "out.webm"]

@@ -95,7 +95,7 @@ def stylize(cfg: DictConfig) -> int:
         elif is_video(source):
             if cfg.grid is not None:
                 raise UserError(f"grid= draws photos, and {source} is a video; drop grid=")
-            check_video_job(source, target)
+            check_video_job(source, target, cfg.video_codec)
         else:
             check_file_job(source, target, cfg.grid)
     if any(is_video(source) for source in sources) or any(folder_videos.values()):
