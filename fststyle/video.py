@@ -1,10 +1,11 @@
-"""Video in, video out: decode with PyAV, stylise in batches, encode H.264, copy the audio untouched.
+"""Video in, video out: decode with PyAV, stylise in batches, encode H.264 (VP9 into .webm), copy the audio.
 
     report = stylize_video(Stylizer.load("starry_night"), "clip.mp4", "clip_starry.mp4")
 
 Streams: at most ``batch_size`` decoded frames are held, so memory does not grow with the clip's length
 (docs/stylize.md §Video has the measurement). Every frame keeps its timestamp (variable frame rate too),
-the output has the input's size and display rotation, and audio packets are remuxed without re-encoding.
+the output has the input's size, display rotation and colour description, and audio packets are remuxed
+without re-encoding.
 The output is written beside the target under a temporary name and renamed only when complete.
 PyAV is the optional extra ``fststyle[video]``; it is imported only when a video is stylised.
 """
@@ -25,12 +26,21 @@ from tqdm import tqdm
 from fststyle.errors import UserError, check_integer_setting
 from fststyle.files import atomic_write, check_writable, refuse_overwriting_inputs
 
-#: containers fststyle reads and writes videos in; each takes H.264 video and the usual audio codecs
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+#: containers fststyle reads and writes videos in; each but .webm takes H.264 video and the usual audio codecs
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 #: x264 constant rate factor: 0 lossless .. 51 worst; 18 is "visually lossless or nearly so"
 #: (FFmpeg's H.264 encoding guide, trac.ffmpeg.org/wiki/Encode/H.264; x264's own default is 23)
 DEFAULT_VIDEO_QUALITY = 18
 DEFAULT_VIDEO_CODEC = "libx264"
+#: what WebM holds (webmproject.org/docs/container): VP8, VP9 or AV1 video and Vorbis or Opus audio
+WEBM_VIDEO_CODECS = ("vp8", "vp9", "av1")
+WEBM_AUDIO_CODECS = ("vorbis", "opus")
+DEFAULT_WEBM_CODEC = "libvpx-vp9"
+#: FFmpeg's AVColorSpace / AVColorPrimaries / AVColorTransferCharacteristic "unspecified" and AVColorRange's
+#: (libavutil/pixfmt.h); YUV matrices swscale converts with (the AVColorSpace values it maps: BT.709, FCC,
+#: BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020 non-constant)
+UNSPECIFIED_COLOUR, UNSPECIFIED_RANGE = 2, 0
+CONVERTIBLE_MATRICES = (1, 4, 5, 6, 7, 9)
 
 #: stylised frame (3,H,W in [0,1]) of the original frame (3,H,W) -> the frame to encode (3,H,W)
 Smoother = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,19 +73,67 @@ def check_video_suffix(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_video_job(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Raise UserError unless ``source`` can be stylised into ``target``: a video suffix, a writable folder,
-    and not the input itself."""
+def check_video_job(source: str | os.PathLike, target: str | os.PathLike, codec: str | None = None) -> str:
+    """Raise UserError unless ``source`` can be stylised into ``target`` with the encoder ``codec`` (None: the
+    container's default): a video suffix, a writable folder, not the input itself, a readable video whose
+    audio the container takes. Returns the encoder to use."""
     target = check_video_suffix(target)
     check_writable(target)
     refuse_overwriting_inputs([source], [target])
+    return check_video_output(source, target, codec, check_video_input(source))
 
 
-def check_video_codec(codec: str) -> str:
-    """Return ``codec`` if PyAV's FFmpeg has an encoder of that name, else raise UserError."""
+def _check_video_streams(container: Any, source: Path) -> None:
+    """Raise VideoReadError naming ``source`` unless ``container`` has a video stream FFmpeg can decode."""
+    if not container.streams.video:
+        raise VideoReadError(f"{source}: no video stream (audio only?); pass a video file")
+    if container.streams.video[0].codec_context is None:
+        raise VideoReadError(f"{source}: unknown video codec; convert it, e.g. ffmpeg -i {source.name} "
+                             f"-c:v libx264 {source.stem}_h264.mp4")
+
+
+def _open_video(av: Any, source: Path) -> Any:
+    """``source`` opened for reading, or a VideoReadError naming it."""
+    try:
+        return av.open(str(source))
+    except av.FFmpegError as error:
+        raise VideoReadError(f"{source}: not a readable video, or truncated ({error.strerror or error}); "
+                             f"pass a complete {'/'.join(VIDEO_SUFFIXES)} file") from None
+
+
+def check_video_input(source: str | os.PathLike) -> list[str]:
+    """Open ``source`` (headers only, no frame decoded) and return its audio codecs' names; raise VideoReadError
+    naming it unless it is a container with a video stream FFmpeg can decode."""
+    source = Path(source)
+    with _open_video(_import_av(), source) as container:
+        _check_video_streams(container, source)
+        return [stream.codec_context.name for stream in container.streams.audio if stream.codec_context]
+
+
+def check_video_output(source: Path, target: Path, codec: str | None, audio_codecs: list[str]) -> str:
+    """The encoder for ``target`` (``codec``, or the container's default for None); raise UserError unless the
+    container takes its video and the audio of ``source`` (``audio_codecs``), which is copied unchanged."""
+    webm = target.suffix.lower() == ".webm"
+    codec = check_video_codec(codec or (DEFAULT_WEBM_CODEC if webm else DEFAULT_VIDEO_CODEC))
+    if not webm:
+        return codec
+    if _import_av().codec.Codec(codec, "w").canonical_name not in WEBM_VIDEO_CODECS:
+        raise UserError(f"output {target}: WebM takes VP8, VP9 or AV1 video, not video_codec={codec}; "
+                        f"use video_codec={DEFAULT_WEBM_CODEC}, or -o {target.with_suffix('.mp4').name}")
+    unfit = [name for name in audio_codecs if name not in WEBM_AUDIO_CODECS]
+    if unfit:
+        raise UserError(f"output {target}: WebM takes Opus or Vorbis audio, and {source} has {', '.join(unfit)} "
+                        f"(copied unchanged); write -o {target.with_suffix('.mkv').name} instead")
+    return codec
+
+
+def check_video_codec(codec: str | None) -> str | None:
+    """Return ``codec`` if PyAV's FFmpeg has an encoder of that name (None: the container's default, kept),
+    else raise UserError."""
     av = _import_av()
     try:
-        av.codec.Codec(codec, "w")
+        if codec is not None:
+            av.codec.Codec(codec, "w")
     except (ValueError, av.FFmpegError):
         raise UserError(f"video_codec={codec!r} is not a video encoder this FFmpeg has; "
                         f"e.g. video_codec={DEFAULT_VIDEO_CODEC}") from None
@@ -134,32 +192,24 @@ def _expected_frames(stream: Any) -> int | None:
 
 
 def stylize_video(stylizer: Any, source: str | os.PathLike, target: str | os.PathLike, *, batch_size: int = 4,
-                  quality: int = DEFAULT_VIDEO_QUALITY, codec: str = DEFAULT_VIDEO_CODEC,
+                  quality: int = DEFAULT_VIDEO_QUALITY, codec: str | None = None,
                   smoother: Smoother | None = None, progress: bool = True) -> VideoReport:
     """Stylise every frame of the video ``source`` with ``stylizer`` (a fststyle.stylize.Stylizer: strength,
     preserve_color and tiling apply) into ``target``, ``batch_size`` frames at a time.
 
-    ``quality``: the encoder's CRF (lower is better, larger). ``smoother(frame, stylised)``: applied to each
-    stylised frame (3,H,W in [0,1]) in display order. Raises VideoReadError naming ``source`` for a file that
+    ``codec``: the FFmpeg encoder, None for libx264 (libvpx-vp9 into .webm). ``quality``: the encoder's CRF
+    (lower is better, larger). ``smoother(frame, stylised)``: applied to each stylised frame (3,H,W in [0,1])
+    in display order. Raises VideoReadError naming ``source`` for a file that
     is not a video, has no video stream, no frames, an unknown codec, or ends early; nothing is left under
     ``target`` then."""
     av = _import_av()
     source, target = Path(source), Path(target)
-    check_video_job(source, target)
-    quality, codec = check_video_quality(quality), check_video_codec(codec)
+    codec = check_video_job(source, target, codec)
+    quality = check_video_quality(quality)
     start = time.perf_counter()
-    try:
-        container = av.open(str(source))
-    except av.FFmpegError as error:
-        raise VideoReadError(f"{source}: not a readable video, or truncated ({error.strerror or error}); "
-                             f"pass a complete {'/'.join(VIDEO_SUFFIXES)} file") from None
-    with container:
-        if not container.streams.video:
-            raise VideoReadError(f"{source}: no video stream (audio only?); pass a video file")
+    with _open_video(av, source) as container:
+        _check_video_streams(container, source)
         video = container.streams.video[0]
-        if video.codec_context is None:
-            raise VideoReadError(f"{source}: unknown video codec; convert it, e.g. ffmpeg -i {source.name} "
-                                 f"-c:v libx264 {source.stem}_h264.mp4")
         audio = list(container.streams.audio)
         expected = _expected_frames(video)
         with atomic_write(target) as temporary:
@@ -181,7 +231,8 @@ def stylize_video(stylizer: Any, source: str | os.PathLike, target: str | os.Pat
 def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary: Path, stylizer: Any,
                source: Path, *, batch_size: int, quality: int, codec: str, smoother: Smoother | None,
                bar: tqdm) -> int:
-    """Demux ``container`` once: video frames stylised and encoded into ``temporary``, audio packets copied.
+    """Demux ``container`` once: video frames stylised and encoded into ``temporary`` (each at its own time, in
+    ``video``'s time base), audio packets copied.
     Returns the number of frames written."""
     output = av.open(str(temporary), "w", format=_muxer(temporary))
     out_audio = {stream.index: output.add_stream_from_template(stream) for stream in audio}
@@ -189,6 +240,9 @@ def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary:
     held_audio: list[Any] = []  # audio packets before the first video frame fixes the video stream's settings
     batch: list[Any] = []
     written = 0
+    # AVI stores decode order only, so B-frames decode with scrambled times: its frame n is shown at n / rate
+    rate = video.average_rate or video.guessed_rate
+    frame_ticks = 1 / (rate * video.time_base) if container.format.name == "avi" else None
 
     def encode(frames: list[Any]) -> None:
         nonlocal written
@@ -199,8 +253,9 @@ def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary:
             if smoother is not None:
                 image = smoother(original, image)
             array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-            encoded = av.VideoFrame.from_ndarray(array, format="rgb24")
-            encoded.pts, encoded.time_base = frame.pts, frame.time_base
+            encoded = _to_encoder(av.VideoFrame.from_ndarray(array, format="rgb24"), out_video.codec_context)
+            encoded.pts = frame.pts if frame_ticks is None else round(written * frame_ticks)
+            encoded.time_base = video.time_base
             for packet in out_video.encode(encoded):
                 output.mux(packet)
             written += 1
@@ -245,20 +300,52 @@ def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary:
 
 def _muxer(path: Path) -> str:
     """FFmpeg's muxer for the output suffix (the temporary name keeps the suffix, but say it outright)."""
-    return {".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower(), "mp4")
+    return {".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}.get(path.suffix.lower(), "mp4")
+
+
+def _encoder_options(codec: str, quality: int) -> dict[str, str]:
+    """The encoder's constant-quality options: CRF ``quality`` (libvpx-vp9 needs a zero bitrate for it,
+    trac.ffmpeg.org/wiki/Encode/VP9), none for other encoders."""
+    if codec in ("libx264", "libx265"):
+        return {"crf": str(quality)}
+    if codec == "libvpx-vp9":
+        return {"crf": str(quality), "b": "0"}
+    return {}
+
+
+def _copy_colour_tags(first: Any, context: Any) -> None:
+    """Give the encoder ``context`` the colour description the input's ``first`` frame declares (primaries,
+    transfer, range; the YUV matrix where swscale converts into it), so a BT.709 clip stays tagged BT.709."""
+    if first.color_primaries != UNSPECIFIED_COLOUR:
+        context.color_primaries = first.color_primaries
+    if first.color_trc != UNSPECIFIED_COLOUR:
+        context.color_trc = first.color_trc
+    if first.colorspace in CONVERTIBLE_MATRICES:
+        context.colorspace = first.colorspace
+    if first.color_range != UNSPECIFIED_RANGE:
+        context.color_range = first.color_range
+
+
+def _to_encoder(frame: Any, context: Any) -> Any:
+    """The RGB ``frame`` converted to the encoder's pixel format with the matrix and range ``context`` is tagged
+    with (the ones the input was decoded with), so the colours round-trip."""
+    return frame.reformat(format=context.pix_fmt,
+                          dst_colorspace=context.colorspace if context.colorspace in CONVERTIBLE_MATRICES else None,
+                          dst_color_range=context.color_range or None)
 
 
 def _video_stream(output: Any, video: Any, first: Any, codec: str, quality: int) -> Any:
-    """The output video stream: ``codec`` at CRF ``quality``, the input's size, time base and display matrix."""
+    """The output video stream: ``codec`` at CRF ``quality``, the input's size, time base, display matrix and
+    colour description."""
     stream = output.add_stream(codec, rate=video.average_rate or video.guessed_rate,
-                               options={"crf": str(quality)} if codec in ("libx264", "libx265") else {})
+                               options=_encoder_options(codec, quality))
     stream.width, stream.height = first.width, first.height
     # 4:2:0 needs even sides; odd-sized videos keep full-resolution chroma instead of losing a row or column
     stream.pix_fmt = "yuv420p" if first.width % 2 == 0 and first.height % 2 == 0 else "yuv444p"
     stream.time_base = video.time_base
     stream.codec_context.time_base = video.time_base
+    _copy_colour_tags(first, stream.codec_context)
     matrix = _display_matrix(first)
     if matrix is not None:
         stream.set_display_matrix(matrix)
     return stream
-

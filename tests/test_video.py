@@ -26,40 +26,51 @@ av = pytest.importorskip("av")
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, FRAMES = 96, 64, 24
 MILLISECOND = Fraction(1, 1000)
+BT709, LIMITED_RANGE = 1, 1  # FFmpeg's AVCOL_PRI/TRC/SPC_BT709 and AVCOL_RANGE_MPEG (libavutil/pixfmt.h)
 PROGRESS = re.compile(r"frame/s|s/frame")  # tqdm's progress lines (frames/s and ETA) on stderr
 
 
 def make_clip(path: Path, photo: Path, *, frames: int = FRAMES, variable_rate: bool = False, rotation: int = 0,
-              audio: bool = True, video: bool = True) -> Path:
+              audio: bool = True, video: bool = True, codec: str = "libx264", audio_codec: str = "aac",
+              bt709: bool = False) -> Path:
     """A pan across ``photo`` (WIDTH x HEIGHT, ``frames`` frames at 24 fps, or alternating 20/40 ms frames),
-    with ``rotation`` in its display matrix and a 440 Hz mono AAC track."""
+    with ``rotation`` in its display matrix and a 440 Hz mono track; ``bt709``: converted and tagged as BT.709
+    (primaries, transfer, matrix, limited range), else untagged."""
     strip = np.asarray(Image.open(photo).convert("RGB").resize((2 * WIDTH, HEIGHT)))
+    tick = Fraction(1, 24) if path.suffix == ".avi" else MILLISECOND  # AVI counts frames
     output = av.open(str(path), "w")
     if video:
-        stream = output.add_stream("libx264", rate=24)
+        stream = output.add_stream(codec, rate=24)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.time_base = stream.codec_context.time_base = MILLISECOND
+        stream.time_base = stream.codec_context.time_base = tick
+        if bt709:
+            context = stream.codec_context
+            context.color_primaries = context.color_trc = context.colorspace = BT709
+            context.color_range = LIMITED_RANGE
         if rotation:
             stream.set_display_rotation(rotation)
-    sound = output.add_stream("aac", rate=16000, layout="mono") if audio else None
+    rate = 48000 if audio_codec == "libopus" else 16000  # Opus encodes at 48 kHz (and 8/12/16/24)
+    sound = output.add_stream(audio_codec, rate=rate, layout="mono") if audio else None
     pts = 0
     for index in range(frames if video else 0):
         left = index * WIDTH // FRAMES
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(strip[:, left:left + WIDTH]), format="rgb24")
-        frame.pts, frame.time_base = pts, MILLISECOND
-        pts += (40 if index % 2 else 20) if variable_rate else 42
+        if bt709:
+            frame = frame.reformat(format="yuv420p", dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
+        frame.pts, frame.time_base = pts, tick
+        pts += 1 if tick != MILLISECOND else (40 if index % 2 else 20) if variable_rate else 42
         for packet in stream.encode(frame):
             output.mux(packet)
     if video:
         for packet in stream.encode():
             output.mux(packet)
     if sound is not None:
-        samples = max(frames, 1) * 16000 // 24
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 16000)).astype(np.float32)[None]
-        for start in range(0, samples, 1024):
+        samples = max(frames, 1) * rate // 24
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / rate)).astype(np.float32)[None]
+        for start in range(0, samples, 1024):  # PyAV re-chunks and converts to what the encoder takes
             chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
                                                layout="mono")
-            chunk.sample_rate, chunk.pts = 16000, start
+            chunk.sample_rate, chunk.pts = rate, start
             for packet in sound.encode(chunk):
                 output.mux(packet)
         for packet in sound.encode():
@@ -234,3 +245,92 @@ def test_temporal_flow_is_the_default_and_calms_flicker_through_the_command(tmp_
     assert change["flow"] < 0.6 * change["none"], change
     result = run("-m", "fststyle", "stylize", "still.mp4", "-m", "starry_night", "temporal=flwo", cwd=tmp_path)
     assert result.returncode == 2 and "choose one of none, flow" in result.stderr, result.stderr
+
+
+def unknown_codec_clip(path: Path, photo: Path) -> Path:
+    """A valid Matroska file whose video track's CodecID names no codec FFmpeg knows (the H.264 id patched)."""
+    data = make_clip(path, photo, frames=4).read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_FSTSTYLE/NONE"))  # same length: the EBML sizes hold
+    return path
+
+
+def test_an_unknown_video_codec_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    source = unknown_codec_clip(tmp_path / "odd.mkv", REPO / "data" / "preview" / "000000000030.jpg")
+    with av.open(str(source)) as container:  # the container opens; only the codec is unknown
+        assert container.streams.video and container.streams.video[0].codec_context is None
+    with pytest.raises(VideoReadError, match=rf"{re.escape(str(source))}: unknown video codec") as caught:
+        stylize_video(tiny_stylizer(), source, tmp_path / "out.mp4", progress=False)
+    assert "\n" not in str(caught.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["odd.mkv"]
+
+
+def test_a_bad_video_fails_before_the_model_is_loaded(clips: dict[str, Path], tmp_path: Path) -> None:
+    """The model file here is not a model: loading it would be its own error, so the video's line shows that
+    the video was checked first."""
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    unknown_codec_clip(tmp_path / "odd.mkv", REPO / "data" / "preview" / "000000000030.jpg")
+    (tmp_path / "sound.mp4").write_bytes(clips["sound"].read_bytes())
+    (tmp_path / "notes.mp4").write_bytes(clips["notes"].read_bytes())
+    for name, complaint in [("odd.mkv", "unknown video codec"), ("sound.mp4", "no video stream"),
+                            ("notes.mp4", "not a readable video")]:
+        for output in (("-o", "out.mp4"), ()):  # without -o the model names the output, yet the video goes first
+            result = run("-m", "fststyle", "stylize", name, "-m", "broken.safetensors", *output, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith(f"error: {name}: ") and complaint in lines[0], result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.safetensors", "notes.mp4", "odd.mkv",
+                                                                "sound.mp4"]
+
+
+def colour_tags(path: Path) -> tuple[int, int, int, int]:
+    """The first frame's primaries, transfer, matrix and range, as FFmpeg's enum values."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    return frame.color_primaries, frame.color_trc, frame.colorspace, frame.color_range
+
+
+def test_the_inputs_colour_description_is_kept(tmp_path: Path) -> None:
+    bars = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30], [30, 200, 200], [200, 30, 200],
+                     [120, 120, 120], [230, 230, 230]], dtype=np.uint8)  # saturated: the matrix matters
+    Image.fromarray(np.repeat(np.repeat(bars[None], HEIGHT, 0), 2 * WIDTH // len(bars), 1)).save(tmp_path / "bars.png")
+    source = make_clip(tmp_path / "hd.mp4", tmp_path / "bars.png", bt709=True, frames=6)
+    assert colour_tags(source) == (BT709, BT709, BT709, LIMITED_RANGE)
+    for suffix in (".mp4", ".mkv"):
+        stylize_video(tiny_stylizer(strength=0.0), source, tmp_path / f"out{suffix}", quality=0, progress=False)
+        assert colour_tags(tmp_path / f"out{suffix}") == (BT709, BT709, BT709, LIMITED_RANGE)
+        # converted with the matrix it is tagged with, the unchanged frames come back: measured 1.0 levels
+        # (4:2:0 rounding); BT.601's matrix under BT.709 tags gave 9.8
+        assert np.abs(probe(tmp_path / f"out{suffix}")["pixels"] - probe(source)["pixels"]).mean() < 2
+    untagged = make_clip(tmp_path / "plain.mp4", tmp_path / "bars.png", frames=6)
+    stylize_video(tiny_stylizer(), untagged, tmp_path / "plain_out.mp4", progress=False)
+    assert colour_tags(tmp_path / "plain_out.mp4") == colour_tags(untagged)  # nothing invented
+
+
+def test_avi_and_webm_in_and_out(tmp_path: Path) -> None:
+    photo = REPO / "data" / "preview" / "000000000030.jpg"
+    make_clip(tmp_path / "clip.avi", photo)
+    report = stylize_video(tiny_stylizer(), tmp_path / "clip.avi", tmp_path / "out.avi", progress=False)
+    out = probe(tmp_path / "out.avi")
+    assert report.frames == out["frames"] == FRAMES and out["audio_packets"] > 0
+    # AVI keeps no display times (its H.264 B-frames decode with scrambled ones): frame n is at n / 24 s
+    stylize_video(tiny_stylizer(), tmp_path / "clip.avi", tmp_path / "avi.mkv", progress=False)
+    assert probe(tmp_path / "avi.mkv")["times"] == pytest.approx(np.arange(FRAMES) / 24, abs=1e-3)
+    if not {"libvpx-vp9", "libopus"} <= av.codecs_available:
+        pytest.skip("this PyAV's FFmpeg lacks libvpx-vp9 or libopus, so no WebM can be made here")
+    make_clip(tmp_path / "clip.webm", photo, codec="libvpx-vp9", audio_codec="libopus")
+    report = stylize_video(tiny_stylizer(), tmp_path / "clip.webm", tmp_path / "out.webm", progress=False)
+    out = probe(tmp_path / "out.webm")
+    assert report.frames == out["frames"] == FRAMES and report.audio_streams == 1 and out["audio_packets"] > 0
+    with av.open(str(tmp_path / "out.webm")) as container:  # VP9 by default: WebM takes no H.264
+        assert container.streams.video[0].codec_context.name == "vp9"
+    with pytest.raises(UserError, match=r"video_codec=libvpx-vp9"):
+        stylize_video(tiny_stylizer(), tmp_path / "clip.webm", tmp_path / "h264.webm", codec="libx264",
+                      progress=False)
+    with pytest.raises(UserError, match=rf"{re.escape(str(tmp_path / 'clip.avi'))} has aac .* -o aac.mkv"):
+        stylize_video(tiny_stylizer(), tmp_path / "clip.avi", tmp_path / "aac.webm", progress=False)
+    result = run("-m", "fststyle", "stylize", "clip.avi", "-m", "starry_night", "-o", "aac.webm", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "-o aac.mkv" in lines[0], result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["avi.mkv", "clip.avi", "clip.webm", "out.avi",
+                                                                "out.webm"]

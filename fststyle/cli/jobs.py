@@ -52,7 +52,13 @@ def stylize(cfg: DictConfig) -> int:
         write_grid,
     )
     from fststyle.temporal import check_temporal_mode, temporal_smoother
-    from fststyle.video import check_video_codec, check_video_job, check_video_quality, is_video
+    from fststyle.video import (
+        check_video_codec,
+        check_video_input,
+        check_video_job,
+        check_video_quality,
+        is_video,
+    )
 
     if cfg.model is None:
         raise UserError("no style model given: add --model starry_night (fststyle models lists the shipped ones) "
@@ -63,6 +69,8 @@ def stylize(cfg: DictConfig) -> int:
     for source in sources:
         if not source.exists():
             raise InputNotFoundError(f"input not found: {source}; pass photos or folders of photos")
+        if source.is_file() and is_video(source):
+            check_video_input(source)  # a file that is not a readable video fails before the model loads
     if cfg.grid is not None and len(sources) > 1:
         raise UserError("grid= draws one input; run the inputs one at a time, or put them in one folder")
     quality = check_jpeg_quality(cfg.jpeg_quality)
@@ -89,7 +97,7 @@ def stylize(cfg: DictConfig) -> int:
         elif is_video(source):
             if cfg.grid is not None:
                 raise UserError(f"grid= draws photos, and {source} is a video; drop grid=")
-            check_video_job(source, target)
+            check_video_job(source, target, cfg.video_codec)
         else:
             check_file_job(source, target, cfg.grid)
     if any(is_video(source) for source in sources) or any(folder_videos.values()):
