@@ -28,10 +28,13 @@ SCHEDULES = ("none", "cosine", "step")
 LOSS_PREFIX = "loss."
 #: the training-only loss settings (read here, not by ``PerceptualLoss``): the stability term of Gupta et al.
 #: 2017, "Characterizing and Improving Stability in Neural Style Transfer": weight * MSE between the
-#: outputs for an input and for a noisy copy of it (noise sigma in [0,1] pixel units)
-STABILITY_KEYS = ("stability_weight", "stability_noise")
+#: outputs for an input and for a perturbed copy of it: Gaussian noise (sigma in [0,1] pixel units), moved by
+#: up to ``stability_shift`` pixels (the outputs compared where they show the same scene)
+STABILITY_KEYS = ("stability_weight", "stability_noise", "stability_shift")
 #: default noise sigma, 5/255: twice the sensor noise of bench/stability.py's still scene (2.5/255)
 DEFAULT_STABILITY_NOISE = 5.0 / 255.0
+#: largest shift the term takes: a reflection pad must be shorter than the image it pads
+MAX_STABILITY_SHIFT = 16
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,7 +48,8 @@ class StyleTransferModule(pl.LightningModule):
     Args (all plain containers, saved as hyper-parameters):
         transformer: ``TransformerConfig`` fields, e.g. ``{"width": 1.0, "residual_blocks": 5}``.
         loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights), plus the training-only
-            ``stability_weight`` (0: off) and ``stability_noise`` (sigma of the input noise, [0,1] pixel units).
+            ``stability_weight`` (0: off), ``stability_noise`` (sigma of the input noise, [0,1] pixel units) and
+            ``stability_shift`` (largest move of the perturbed input, pixels; 0: noise only).
         style: ``{"name", "paths", "blend", "size", "names"}``; the images are read from ``paths`` with their
             longer side resized to ``size`` (None: as is), and the style targets are computed once, here.
             ``names`` (one per path) makes each image a style of its own, with its own scale and shift in every
@@ -81,9 +85,16 @@ class StyleTransferModule(pl.LightningModule):
         self.loss = PerceptualLoss.from_config({k: v for k, v in loss.items() if k not in STABILITY_KEYS})
         self.stability_weight = float(loss.get("stability_weight", 0.0))
         self.stability_noise = float(loss.get("stability_noise", DEFAULT_STABILITY_NOISE))
-        if self.stability_weight < 0 or self.stability_noise <= 0:
-            raise UserError(f"loss.stability_weight must be >= 0 and loss.stability_noise > 0, got "
+        self.stability_shift = loss.get("stability_shift", 0)
+        if self.stability_weight < 0 or self.stability_noise < 0:
+            raise UserError(f"loss.stability_weight and loss.stability_noise must be >= 0, got "
                             f"{self.stability_weight} and {self.stability_noise}; e.g. loss.stability_weight=0")
+        if not isinstance(self.stability_shift, int) or not 0 <= self.stability_shift <= MAX_STABILITY_SHIFT:
+            raise UserError(f"loss.stability_shift must be a whole number of pixels from 0 to "
+                            f"{MAX_STABILITY_SHIFT}, got {self.stability_shift!r}; e.g. loss.stability_shift=2")
+        if self.stability_weight > 0 and self.stability_noise == 0 and self.stability_shift == 0:
+            raise UserError("loss.stability_weight > 0 compares outputs for a perturbed input, and "
+                            "loss.stability_noise=0 with loss.stability_shift=0 perturbs nothing; set either")
         #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
         self.style_images = [load_image(path, size=style.get("size")) for path in style["paths"]]
         #: the style images the exported model stores, in the network's style order (a fine-tune puts its base
@@ -222,13 +233,34 @@ class StyleTransferModule(pl.LightningModule):
         return terms["total"]
 
     def stability_terms(self, images: torch.Tensor, styles: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """The loss terms of clean images N,3,H,W plus ``stability``: weight * MSE(output of a noisy copy,
-        output of the images), added to ``total``; both outputs come from one transformer call (2N images)."""
-        noisy = (images + self.stability_noise * torch.randn_like(images)).clamp(0.0, 1.0)
+        """The loss terms of clean images N,3,H,W plus ``stability``: weight * MSE(output of a perturbed copy,
+        output of the images), added to ``total``; both outputs come from one transformer call (2N images).
+
+        The copy has Gaussian noise of sigma ``stability_noise`` and, with ``stability_shift`` s > 0, shows the
+        scene moved by (dy, dx), each drawn from -s..s per batch: copy[y, x] = images[y + dy, x + dx]. The
+        outputs are then compared where both show the same scene, a margin of s + ``TransformerNet.STRIDE``
+        pixels in from every edge (the reflected border the move brings in, and one down-sampled pixel more).
+        """
+        shift = self.stability_shift
+        margin = shift + TransformerNet.STRIDE
+        height, width = images.shape[-2:]
+        if shift and min(height, width) <= 2 * margin:
+            raise UserError(f"loss.stability_shift={shift} compares outputs {margin} px in from each edge, "
+                            f"and the training images are {height}x{width}; use a smaller shift or larger images")
+        perturbed = (images + self.stability_noise * torch.randn_like(images)).clamp(0.0, 1.0)
+        dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist() if shift else (0, 0)
+        if shift:
+            padded = F.pad(perturbed, (shift, shift, shift, shift), mode="reflect")
+            perturbed = padded[..., shift + dy:shift + dy + height, shift + dx:shift + dx + width]
         weights = None if styles is None else self.style_weights(styles + styles)
-        clean_out, noisy_out = self(torch.cat([images, noisy]), weights).chunk(2)
+        clean_out, perturbed_out = self(torch.cat([images, perturbed]), weights).chunk(2)
         terms = self.loss_terms(clean_out, images, styles)
-        terms["stability"] = self.stability_weight * feature_mse(noisy_out, clean_out)
+        if shift:  # perturbed_out[y, x] should be clean_out[y + dy, x + dx]
+            perturbed_out = perturbed_out[..., margin:height - margin, margin:width - margin]
+            clean_part = clean_out[..., margin + dy:height - margin + dy, margin + dx:width - margin + dx]
+        else:
+            clean_part = clean_out
+        terms["stability"] = self.stability_weight * feature_mse(perturbed_out, clean_part)
         terms["total"] = terms["total"] + terms["stability"]
         return terms
 

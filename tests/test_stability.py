@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 from fststyle.losses import PerceptualLoss
 from fststyle.training import build_module, train
@@ -49,6 +50,41 @@ def test_perceptual_loss_ignores_the_training_only_settings(random_vgg_loss) -> 
 def test_negative_settings_are_refused_naming_the_key(tiny_config, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loss.stability_weight"):
         build_module(tiny_config(tmp_path, "loss.stability_weight=-1"))
+    with pytest.raises(ValueError, match="loss.stability_shift"):
+        build_module(tiny_config(tmp_path, "loss.stability_shift=-1"))
+    with pytest.raises(ValueError, match="perturbs nothing"):
+        build_module(tiny_config(tmp_path, "loss.stability_weight=1", "loss.stability_noise=0"))
+
+
+class Halve(nn.Module):
+    """A transformer that moves with its input exactly: images N,3,H,W -> images / 2."""
+
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return images / 2
+
+
+class Flip(Halve):
+    """A transformer that does not move with its input: images N,3,H,W -> images mirrored left to right."""
+
+    def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return images.flip(-1)
+
+
+def test_shifted_outputs_are_compared_where_they_show_the_same_scene(tiny_config, tmp_path: Path) -> None:
+    module = build_module(tiny_config(tmp_path, "loss.stability_weight=1", "loss.stability_noise=0",
+                                      "loss.stability_shift=3"))
+    images = torch.rand(2, 3, 40, 48)
+    module.transformer = Halve()
+    for _ in range(20):  # 20 random moves: each (dy, dx) lines up exactly, so the term is 0
+        assert module.stability_terms(images)["stability"] == 0
+    module.transformer = Flip()  # equal outputs only for the move (0, 0), 1 draw in 49
+    assert any(module.stability_terms(images)["stability"] > 0 for _ in range(20))
+
+
+def test_a_shift_too_large_for_the_images_is_one_line(tiny_config, tmp_path: Path) -> None:
+    module = build_module(tiny_config(tmp_path, "loss.stability_weight=1", "loss.stability_shift=12"))
+    with pytest.raises(ValueError, match=r"stability_shift=12 .* 16 px .* 32x32"):
+        module.stability_terms(torch.rand(1, 3, 32, 32))
 
 
 def _noise_sensitivity(module, images: torch.Tensor, noise: torch.Tensor) -> float:
