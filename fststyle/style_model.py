@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from fststyle.bundled import find_model
 from fststyle.errors import UserError
@@ -150,8 +150,8 @@ class StyleModel:
                 tensors[STYLE_IMAGE_KEY] = torch.cat(pixels)
             else:  # a blend of images of different sizes
                 tensors.update({f"{STYLE_IMAGE_KEY}.{i}": image for i, image in enumerate(pixels)})
-        with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+        with atomic_write(path) as tmp:  # bytes written into our file: safetensors' save_file makes a 0600 file
+            tmp.write_bytes(safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(header)}))
         return path
 
 

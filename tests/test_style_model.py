@@ -33,6 +33,15 @@ def test_round_trip_is_bit_identical(tmp_path):
     assert loaded.metadata["style"] == {"name": "x"}
 
 
+def test_a_saved_model_gets_the_umask_mode_like_every_other_output(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = StyleModel(TransformerNet(width=0.25, residual_blocks=1), {}, None).save(tmp_path / "m.safetensors")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644  # safetensors' own save_file writes 0600: unreadable to others
+
+
 def test_not_a_model_gets_a_clear_error(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
