@@ -112,10 +112,13 @@ def test_models_lists_the_shipped_models_with_their_training(tmp_path: Path) -> 
     result = fststyle("models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert set(shipped_models()) == {"starry_night", "the_scream"}
+    assert set(shipped_models()) == {"starry_night", "the_scream", "multistyle"}
+    steps = {"starry_night": "2000", "the_scream": "2000", "multistyle": "4000"}
     for name in shipped_models():
         (line,) = [line for line in lines if line.startswith(name + " ")]
-        assert "128 px" in line and "2000" in line and "cpu" in line.lower()
+        assert "128 px" in line and steps[name] in line and "cpu" in line.lower()
+    (line,) = [line for line in lines if line.startswith("multistyle ")]
+    assert "starry_night, the_scream, udnie" in line
 
 
 def test_export_a_shipped_model_by_name_into_the_working_directory(tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def test_negative_settings_are_refused_naming_the_key(tiny_config, tmp_path: Pat
     with pytest.raises(ValueError, match="loss.stability_shift"):
         build_module(tiny_config(tmp_path, "loss.stability_shift=-1"))
     with pytest.raises(ValueError, match="perturbs nothing"):
-        build_module(tiny_config(tmp_path, "loss.stability_weight=1", "loss.stability_noise=0"))
+        build_module(tiny_config(tmp_path, "loss.stability_weight=1", "loss.stability_noise=0",
+                                  "loss.stability_shift=0"))
 
 
 class Halve(nn.Module):
