@@ -188,6 +188,23 @@ def test_stylize_and_infer_py_write_a_video(clips: dict[str, Path], tmp_path: Pa
     assert probe(tmp_path / "out.mp4")["rotation"] == 90
 
 
+def test_a_multi_style_model_chooses_or_blends_its_style_on_video(clips: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(clips["pan"].read_bytes())
+    outputs = {}
+    for style in ("udnie", "{udnie: 0.5, the_scream: 0.5}"):
+        target = tmp_path / f"{len(outputs)}.mp4"
+        result = run("-m", "fststyle", "stylize", "clip.mp4", "-m", "multistyle", f"style={style}", "-o", target.name,
+                     "temporal=none", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert probe(target)["frames"] == FRAMES
+        with av.open(str(target)) as container:
+            outputs[style] = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+    assert np.abs(outputs["udnie"] - outputs["{udnie: 0.5, the_scream: 0.5}"]).mean() > 5  # levels of 255
+    result = run("-m", "fststyle", "stylize", "clip.mp4", "-m", "multistyle", "-o", "none.mp4", cwd=tmp_path)
+    assert result.returncode == 2 and "starry_night, the_scream, udnie" in result.stderr
+    assert not (tmp_path / "none.mp4").exists()
+
+
 @pytest.mark.parametrize("name", ["truncated.mkv", "empty.mkv", "sound", "notes"])
 def test_a_bad_video_is_one_line_exit_2(clips: dict[str, Path], tmp_path: Path, name: str) -> None:
     source = tmp_path / clips[name].name
