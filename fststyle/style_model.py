@@ -102,7 +102,7 @@ class StyleModel:
         vector = torch.zeros(len(names))
         for name, weight in chosen.items():
             vector[names.index(name)] = weight
-        network = self.network.with_style(vector.to(self.network.encoder[0][1].weight.device)).eval()
+        network = self.network.with_style(vector).eval()
         indices = [names.index(name) for name in chosen]
         paths = (self.metadata.get("style") or {}).get("paths") or []
         style = {**{k: v for k, v in (self.metadata.get("style") or {}).items() if k != "names"},
@@ -144,11 +144,9 @@ class StyleModel:
         if self.style_images is not None and len(self.style_images):  # a list, or a K,3,H,W tensor of one style
             pixels = [(image.detach().cpu().reshape(-1, *image.shape[-2:]) * 255).round().to(torch.uint8).contiguous()
                       for image in self.style_images]
-            if self.network.config.styles > 1:
-                tensors.update({f"{STYLE_IMAGE_KEY}.{i}": image for i, image in enumerate(pixels)})
-            elif len({image.shape for image in pixels}) == 1:
-                tensors[STYLE_IMAGE_KEY] = torch.cat(pixels)
-            else:  # a blend of images of different sizes
+            if self.network.config.styles == 1 and len({image.shape for image in pixels}) == 1:
+                tensors[STYLE_IMAGE_KEY] = torch.cat(pixels)  # one style's image(s) of one size
+            else:  # one image per style, or a blend of images of different sizes
                 tensors.update({f"{STYLE_IMAGE_KEY}.{i}": image for i, image in enumerate(pixels)})
         with atomic_write(path) as tmp:  # bytes written into our file: safetensors' save_file makes a 0600 file
             tmp.write_bytes(safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(header)}))

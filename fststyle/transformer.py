@@ -308,9 +308,10 @@ class TransformerNet(nn.Module):
         of a single-style network however many styles this one holds)."""
         if self.config.styles == 1:
             raise ValueError("with_style() takes a network of several styles; this one holds one")
-        single = TransformerNet(replace(self.config, styles=1)).to(self.encoder[0][1].weight.device)
+        device = next(self.parameters()).device
+        single = TransformerNet(replace(self.config, styles=1)).to(device)
         state = self.state_dict()
-        mix = style_weights.reshape(1, -1)
+        mix = style_weights.reshape(1, -1).to(device)
         for name, norm in self.named_modules():
             if isinstance(norm, InstanceNorm2d):
                 weight, bias = norm.style_affine(mix)
@@ -329,7 +330,7 @@ class TransformerNet(nn.Module):
                     rows = state[key].reshape(self.config.styles, -1)
                     state[key] = torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
         grown.load_state_dict(state)
-        return grown.to(self.encoder[0][1].weight.device)
+        return grown.to(next(self.parameters()).device)
 
     def fast_inference(self, enabled: bool = True) -> TransformerNet:
         """Switch to (or from) the fast CPU inference form: channels_last weights, layout-keeping instance
