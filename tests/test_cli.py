@@ -51,6 +51,7 @@ def test_only_plain_path_values_are_quoted() -> None:
     ("optimize", ["engine=gatsy"], "unknown choice 'engine=gatsy': engine is one of gatys, mrf"),
     ("train", ["experiment=demo", "trainer.max_step=3"], "did you mean trainer.max_steps?"),
     ("train", ["loss.content_layers.relu3_3=1"], "to add one, write +loss.content_layers.relu3_3=1"),
+    ("train", ["engine.loss.style_layers={relu1_1: 1}"], "unknown setting 'engine.loss.style_layers': did you mean"),
     ("stylize", ["strength=a(b"], "quote a value with special characters: \"strength='a(b'\""),
 ])
 def test_bad_overrides_are_refused_with_the_fix(script: str, arguments: list[str], message: str) -> None:
@@ -58,6 +59,20 @@ def test_bad_overrides_are_refused_with_the_fix(script: str, arguments: list[str
         prepare_command_line([f"{script}.py", *arguments], CONF, script)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("script", "key", "default"), [
+    ("train", "loss.style_layers", ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]),
+    ("optimize", "engine.loss.content_layers", ["relu4_2"]),
+])
+def test_a_layer_map_written_whole_replaces_the_default(script: str, key: str, default: list[str]) -> None:
+    """Hydra alone would merge it: the default layers would stay, or a layer they lack would be refused."""
+    from fststyle.cli.config import compose
+
+    argv = prepare_command_line([f"{script}.py", f"{key}={{relu1_1: 2.0, relu5_1: 0.5}}"], CONF, script)
+    layers = OmegaConf.select(compose(script, argv[1:], folder=CONF), key)
+    assert OmegaConf.to_container(layers) == {"relu1_1": 2.0, "relu5_1": 0.5}
+    assert not set(default) & set(layers)
 
 
 def test_help_and_sweeps_go_to_hydra_untouched() -> None:

@@ -97,6 +97,22 @@ def _overrides(argv: Sequence[str]) -> list[str]:
     return overrides
 
 
+def replace_whole_mappings(arguments: Sequence[str]) -> list[str]:
+    """``loss.style_layers={relu1_1: 1.0}`` -> ``~loss.style_layers``, ``+loss.style_layers={relu1_1: 1.0}``.
+
+    Hydra merges a mapping assigned to a mapping, so the default layers would stay beside the given ones (or
+    the override would fail on a layer the default lacks); a layer map or callback map written whole means
+    exactly that map. Other arguments are left as written."""
+    rewritten = []
+    for argument in arguments:
+        parts = _split_override(argument)
+        if parts is not None and parts[0].rsplit(".", 1)[-1] in OPEN_MAPPINGS and parts[1].startswith("{"):
+            rewritten += [f"~{parts[0]}", f"+{argument}"]
+        else:
+            rewritten.append(argument)
+    return rewritten
+
+
 def _group_choices(config_dir: Path, group: str) -> list[str]:
     """The option names of a config group: the .yaml files in ``config_dir/group``."""
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
@@ -158,9 +174,9 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
         key, _, value = culprit.partition("=")
         raise UserError(f"cannot read {culprit!r} ({str(failure).splitlines()[0]}); quote a value with special "
                         f"characters: \"{key}={hydra_quoted(value)}\"")
-    if "Could not override" in str(failure):
+    if "Could not override" in str(failure) or "Could not delete" in str(failure):  # ~key: replace_whole_mappings
         base = composed([o for o in overrides if _is_group_choice(config_dir, o)])
-        raise UserError(_unknown_key_message(culprit.split("=", 1)[0], culprit, base))
+        raise UserError(_unknown_key_message(culprit.split("=", 1)[0].lstrip("~"), culprit, base))
     raise UserError(f"{culprit}: " + " ".join(str(failure).split()))
 
 
@@ -188,7 +204,7 @@ def prepare_command_line(argv: Sequence[str], config_dir: Path, default_config: 
     program, arguments = argv[0], list(argv[1:])
     if any(argument.split("=", 1)[0] in _HANDS_OFF_FLAGS for argument in arguments):
         return [program, *arguments]
-    arguments = quote_path_values(arguments)
+    arguments = replace_whole_mappings(quote_path_values(arguments))
     overrides = _overrides(arguments)
     if overrides:
         check_overrides(config_dir, _config_name(arguments, default_config), overrides)
