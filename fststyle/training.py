@@ -401,7 +401,9 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
         model_path = None
         if trainer.is_global_zero:
-            model_path = _export(cfg, module, run_dir, trainer.global_step, trainer.world_size)
+            # the device it trained on: after fit, Lightning's teardown has moved the module back to the CPU
+            hardware = device_name(trainer.strategy.root_device)
+            model_path = _export(cfg, module, run_dir, trainer.global_step, hardware, trainer.world_size)
             skipped = module.skipped_images_total
             print(f"\nRun directory: {run_dir}\n"
                   f"TensorBoard:   tensorboard --logdir {run_dir}\n"
@@ -418,11 +420,13 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total, module)
 
 
-def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, world_size: int) -> Path:
-    """Write the transformer as a ``.safetensors`` style model with its metadata (and single style image)."""
+def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, hardware: str,
+            world_size: int) -> Path:
+    """Write the transformer as a ``.safetensors`` style model with its metadata (and single style image);
+    ``hardware`` names one of the ``world_size`` devices it trained on."""
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    hardware = device_name(module.device) + (f" x {world_size}" if world_size > 1 else "")
+    hardware += f" x {world_size}" if world_size > 1 else ""
     metadata = training_metadata(dict(hparams), steps, hardware)
     return StyleModel(module.transformer, metadata, module.model_style_images).save(path)
