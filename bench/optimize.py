@@ -2,12 +2,13 @@
 
     PYTHONPATH=. python bench/optimize.py                      # 256 and 512 px, CPU (and CUDA when present)
     PYTHONPATH=. python bench/optimize.py --sizes 128 --iterations 2
+    PYTHONPATH=. python bench/optimize.py --sizes 512 --iterations 500 --devices cuda --engines gatys --optimizers lbfgs
 
 Each setting runs in a fresh subprocess. Its peak memory is the timed run's ``peak_memory_bytes``, which
 ``optimize_image`` measures with ``fststyle.memory.PeakMemory`` (style targets and every iteration count): on CPU
 the peak resident set above the resident set at its start, on CUDA the allocator peak.
-Everything is plain eager fp32 (the engine has no other mode); the ratios printed are MRF / Gatys per iteration at
-the same size and optimiser. It prints figures and never asserts timings.
+Everything is plain eager fp32 (the engine has no other mode, so it is its own baseline); the ratios printed are
+MRF / Gatys per evaluation at the same size and optimiser, where both ran. It prints figures and never asserts timings.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per setting (after a warm-up)")
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    parser.add_argument("--engines", nargs="+", default=["gatys", "mrf"], choices=["gatys", "mrf"])
+    parser.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"], choices=["lbfgs", "adam"])
     parser.add_argument("--one", nargs=4, metavar=("ENGINE", "OPTIMIZER", "SIZE", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -74,25 +77,29 @@ def main() -> None:
     rows = []
     for device in devices:
         for size in args.sizes:
-            for optimizer in ("lbfgs", "adam"):
-                for engine in ("gatys", "mrf"):
+            for optimizer in args.optimizers:
+                for engine in args.engines:
                     command = [sys.executable, __file__, "--iterations", str(args.iterations),
                                "--one", engine, optimizer, str(size), device]
                     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
                     if done.returncode != 0:
                         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
                     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     row = rows[-1]
-                    print(f"  {device:4} {size:4}px {optimizer:5} {engine:5} {row['seconds_per_iteration']:7.2f} s/it "
-                          f"({row['evaluations']} evals) peak +{row['peak_bytes'] / 2**20:7.0f} MiB", flush=True)
+                    print(f"  {device:4} {size:4}px {optimizer:5} {engine:5} {row['seconds_per_iteration']:8.4f} s/it "
+                          f"({row['evaluations']} evals), {row['iterations']} iterations in "
+                          f"{row['seconds_per_iteration'] * row['iterations']:.2f} s, "
+                          f"peak +{row['peak_bytes'] / 2**20:7.0f} MiB", flush=True)
+    if len(args.engines) < 2:
+        return
 
     print("\n| device | size | optimiser | Gatys s/iter (evals) | MRF s/iter (evals) | Gatys s/eval | MRF s/eval "
           "| MRF / Gatys per eval | Gatys peak MiB | MRF peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for device in devices:
         for size in args.sizes:
-            for optimizer in ("lbfgs", "adam"):
+            for optimizer in args.optimizers:
                 gatys, mrf = (next(r for r in rows if (r["device"], r["size"], r["optimizer"], r["engine"])
                                    == (device, size, optimizer, engine)) for engine in ("gatys", "mrf"))
                 ratio = mrf["seconds_per_evaluation"] / gatys["seconds_per_evaluation"]

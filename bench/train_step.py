@@ -29,8 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
+from fststyle.cli.config import compose  # noqa: E402
 from fststyle.losses import feature_mse  # noqa: E402
 from fststyle.training import build_module, plain_config  # noqa: E402
 from fststyle.transformer import TransformerConfig, TransformerNet  # noqa: E402
@@ -41,14 +40,15 @@ SETTINGS = {
     # the paper's recipe; timing does not depend on the weight values, so random VGG-16 weights stand in
     # for torchvision's (not downloadable offline)
     "johnson2016": ["experiment=johnson2016", "loss.network.weights=random", "data.root=."],
+    # the shipped models' GPU recipe (checkpoints/README.md): full width, 256 px, batch 8, Caffe VGG-19
+    "gpu_recipe": ["loss=caffe_vgg19", "data.image_size=256", "data.batch_size=8", "data.root=."],
 }
 
 
 def _config(setting: str, device: torch.device) -> dict:
     trainer = "gpu" if device.type == "cuda" else "cpu"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*SETTINGS[setting], f"trainer={trainer}", "run_dir=.",
-                                         f"style={REPO / 'data/styles/starry_night.jpg'}"])
+    cfg = compose("train", [*SETTINGS[setting], f"trainer={trainer}", "run_dir=.",
+                            f"style={REPO / 'data/styles/starry_night.jpg'}"])
     return plain_config(cfg)
 
 
