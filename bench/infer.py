@@ -5,9 +5,11 @@
     PYTHONPATH=. python bench/infer.py --sizes 1024x1024 --repeats 5
     PYTHONPATH=. python bench/infer.py --tiling             # tiled vs untiled difference, 1024x768, tile=512
     PYTHONPATH=. python bench/infer.py --compile            # also time torch.compile (and its compile time)
+    PYTHONPATH=. python bench/infer.py --sizes 1024x1024 --batch 8 --precision bf16   # GPU throughput, images/s
 
 Weights are random (the default Johnson architecture): timing does not depend on them. Baseline =
-``TransformerNet.forward`` (fast inference off) in ``torch.no_grad`` on an NCHW fp32 tensor. Both run in
+``TransformerNet.forward`` (fast inference off) in ``torch.no_grad`` on an NCHW fp32 batch of the same size;
+the Stylizer runs in ``--precision`` (its ``precision=`` setting). Both run in
 this process on the same input, interleaved (one call of each per round); the best and the median of
 ``--repeats`` rounds are printed with the load averages before and after, since other processes may share
 the cores. Nothing is
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from fststyle.devices import device_name
 from fststyle.images import load_image
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer
+from fststyle.stylize import Stylizer, resolve_precision
 from fststyle.transformer import TransformerNet
 
 SIZES = ["256x256", "512x512", "1024x1024", "1920x1080"]
@@ -51,43 +53,65 @@ def timed_interleaved(functions: dict[str, Callable[[], object]], repeats: int) 
     return {name: (min(values), statistics.median(values)) for name, values in times.items()}
 
 
-def timing_table(sizes: list[str], repeats: int, use_compile: bool) -> None:
+def timing_table(sizes: list[str], repeats: int, use_compile: bool, batch: int, precision: str) -> None:
     torch.manual_seed(0)
     network = TransformerNet().eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    stylizer = Stylizer(TransformerNet().eval(), device=torch.device(device))
-    stylizer.network.load_state_dict(network.state_dict())
-    network = network.to(device)
-    variants = {"stylizer": stylizer.stylize}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_precision(precision, device)
+
+    def stylizer(compile: bool) -> Stylizer:
+        """A Stylizer (the ``precision`` dtype) on the baseline network's weights."""
+        copy = TransformerNet().eval()
+        copy.load_state_dict(network.state_dict())
+        return Stylizer(copy, device=device, dtype=dtype, compile=compile)
+
+    plain = TransformerNet().eval()
+    plain.load_state_dict(network.state_dict())
+    plain = plain.to(device, dtype, memory_format=torch.channels_last)
+
+    def plain_in_precision(images: torch.Tensor) -> torch.Tensor:
+        """The plain forward (no fast-inference form) in ``precision``, NHWC: what the GPU gets without it."""
+        with torch.no_grad():
+            return plain(images.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+
+    variants = {f"plain {precision} NHWC": plain_in_precision, f"stylizer {precision}": stylizer(compile=False).stylize}
     if use_compile:
-        compiled = Stylizer(TransformerNet().eval(), device=torch.device(device), compile=True)
-        compiled.network.load_state_dict(network.state_dict())
-        variants["stylizer+compile"] = compiled.stylize
+        variants[f"+compile {precision}"] = stylizer(compile=True).stylize
+    network = network.to(device)
 
     def baseline(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return network(images)
 
-    print(f"device: {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, random weights, best/median of {repeats} interleaved rounds, "
-          f"load average {_load_average()}")
-    print(f"{'size':>10} {'variant':>17} {'best ms':>9} {'median ms':>10} {'MP/s':>6} {'speed-up':>8}")
+    print(f"device: {device_name(device)}, torch {torch.__version__}, random weights, batch {batch}, "
+          f"best/median of {repeats} interleaved rounds, load average {_load_average()}")
+    print(f"{'size':>10} {'variant':>17} {'best ms':>9} {'median ms':>10} {'MP/s':>7} {'images/s':>9} {'speed-up':>8}")
     for size in sizes:
         width, height = (int(v) for v in size.split("x"))
-        images = torch.rand(1, 3, height, width, device=device)
-        megapixels = width * height / 1e6
+        images = torch.rand(batch, 3, height, width, device=device)
+        megapixels = batch * width * height / 1e6
         if use_compile:
             start = time.perf_counter()
-            variants["stylizer+compile"](images)
+            synchronized(variants[f"+compile {precision}"])(images)
             print(f"{size:>10} {'(compile+first)':>17} {(time.perf_counter() - start) * 1e3:9.0f}")
         functions = {"eager fp32": baseline} | variants
-        results = timed_interleaved({name: partial(function, images) for name, function in functions.items()},
-                                    repeats)
+        results = timed_interleaved({name: partial(synchronized(function), images)
+                                     for name, function in functions.items()}, repeats)
         best_base = results["eager fp32"][0]
         for name, (best, median) in results.items():
-            print(f"{size:>10} {name:>17} {best * 1e3:9.0f} {median * 1e3:10.0f} {megapixels / best:6.2f} "
-                  f"{best_base / best:8.2f}")
+            print(f"{size:>10} {name:>17} {best * 1e3:9.1f} {median * 1e3:10.1f} {megapixels / best:7.1f} "
+                  f"{batch / best:9.1f} {best_base / best:8.2f}")
     print(f"load average after: {_load_average()}")
+
+
+def synchronized(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``function`` followed by a wait for the GPU's queued work, so a wall-clock timer sees the work itself."""
+    def call(images: torch.Tensor) -> torch.Tensor:
+        out = function(images)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        return out
+    return call
 
 
 def _load_average() -> str:
@@ -124,6 +148,9 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=SIZES)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time Stylizer(compile=True)")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (all variants)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the Stylizer's precision (the baseline stays fp32)")
     parser.add_argument("--tiling", action="store_true", help="measure tiled vs untiled instead of timing")
     parser.add_argument("--photo", default="data/preview/000000000030.jpg")
     parser.add_argument("--tile", type=int, default=512)
@@ -133,7 +160,7 @@ def main() -> None:
     if args.tiling:
         tiling_difference(args.photo, args.tile, args.overlap, args.model)
     else:
-        timing_table(args.sizes, args.repeats, args.compile)
+        timing_table(args.sizes, args.repeats, args.compile, args.batch, args.precision)
 
 
 if __name__ == "__main__":

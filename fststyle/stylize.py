@@ -61,9 +61,11 @@ DEFAULT_STATISTICS_SIZE = 2048
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA (safe range, tensor cores), fp32 on CPU (no bf16 units on the AVX2 CPUs here)."""
+    """``auto`` -> fp32 on every device. CPU: the AVX2 CPUs here have no bf16 units. CUDA: on an H100 the fp32
+    forward (TF32 convolutions, PyTorch's default) ran 1.2-1.6x faster than any eager bf16 or fp16 form at
+    512^2 and 1024^2, batch 8 (bench/infer.py, docs/stylize.md); fp16 and bf16 only halve activation memory."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.float32
     if precision not in PRECISIONS:
         raise UserError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {precision!r}; "
                         "e.g. precision=auto")
@@ -120,10 +122,14 @@ class Stylizer:
         if self.tile is not None and not 0 <= 2 * self.tile_overlap < self.tile:
             raise UserError(f"tile_overlap={self.tile_overlap} must be >= 0 and less than half of tile={self.tile}")
         self.network = self.network.to(self.device, self.dtype).eval()
+        #: NHWC batches: for the compiled network and the CPU's fast form; CUDA's eager forward runs NCHW
+        self._channels_last = self.compile or self.device.type == "cpu"
         if self.compile:  # inductor fuses the plain network itself (it fails on the fast form's out= writes)
             self._forward = torch.compile(self.network.to(memory_format=torch.channels_last))
-        else:
+        elif self.device.type == "cpu":
             self._forward = self.network.fast_inference()
+        else:  # the CPU's fast form ran 1.6x slower on an H100 than the plain NCHW forward (docs/stylize.md)
+            self._forward = self.network
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "auto",
@@ -179,7 +185,8 @@ class Stylizer:
     def _run(self, images: torch.Tensor, shared_statistics: bool = False) -> torch.Tensor:
         """The network on N,3,h,w (moved to the run device and dtype) -> float32 on the run device.
         ``shared_statistics``: run the uncompiled network, whose instance norms record or reuse statistics."""
-        batch = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
+        batch = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=memory_format)
         return (self.network if shared_statistics else self._forward)(batch).float()
 
     def _run_tiled(self, images: torch.Tensor) -> torch.Tensor:
