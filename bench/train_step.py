@@ -40,8 +40,6 @@ SETTINGS = {
     # the paper's recipe; timing does not depend on the weight values, so random VGG-16 weights stand in
     # for torchvision's (not downloadable offline)
     "johnson2016": ["experiment=johnson2016", "loss.network.weights=random", "data.root=."],
-    # the shipped models' GPU recipe (checkpoints/README.md): full width, 256 px, batch 8, Caffe VGG-19
-    "gpu_recipe": ["loss=caffe_vgg19", "data.image_size=256", "data.batch_size=8", "data.root=."],
 }
 
 
