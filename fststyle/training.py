@@ -403,7 +403,8 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
         if trainer.is_global_zero:
             # the device it trained on: after fit, Lightning's teardown has moved the module back to the CPU
             hardware = device_name(trainer.strategy.root_device)
-            model_path = _export(cfg, module, run_dir, trainer.global_step, hardware, trainer.world_size)
+            hardware += f" x {trainer.world_size}" if trainer.world_size > 1 else ""
+            model_path = _export(cfg, module, run_dir, trainer.global_step, hardware)
             skipped = module.skipped_images_total
             print(f"\nRun directory: {run_dir}\n"
                   f"TensorBoard:   tensorboard --logdir {run_dir}\n"
@@ -420,13 +421,11 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total, module)
 
 
-def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, hardware: str,
-            world_size: int) -> Path:
+def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, hardware: str) -> Path:
     """Write the transformer as a ``.safetensors`` style model with its metadata (and single style image);
-    ``hardware`` names one of the ``world_size`` devices it trained on."""
+    ``hardware`` is what it trained on (``cuda:0 (NVIDIA H100 80GB HBM3) x 8``)."""
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    hardware += f" x {world_size}" if world_size > 1 else ""
     metadata = training_metadata(dict(hparams), steps, hardware)
     return StyleModel(module.transformer, metadata, module.model_style_images).save(path)
