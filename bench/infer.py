@@ -59,15 +59,17 @@ def timing_table(sizes: list[str], repeats: int, use_compile: bool, batch: int, 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_precision(precision, device)
 
+    def copy() -> TransformerNet:
+        """A network with the baseline's weights (every variant gets its own: they change its form)."""
+        twin = TransformerNet().eval()
+        twin.load_state_dict(network.state_dict())
+        return twin
+
     def stylizer(compile: bool) -> Stylizer:
         """A Stylizer (the ``precision`` dtype) on the baseline network's weights."""
-        copy = TransformerNet().eval()
-        copy.load_state_dict(network.state_dict())
-        return Stylizer(copy, device=device, dtype=dtype, compile=compile)
+        return Stylizer(copy(), device=device, dtype=dtype, compile=compile)
 
-    plain = TransformerNet().eval()
-    plain.load_state_dict(network.state_dict())
-    plain = plain.to(device, dtype, memory_format=torch.channels_last)
+    plain = copy().to(device, dtype, memory_format=torch.channels_last)
 
     def plain_in_precision(images: torch.Tensor) -> torch.Tensor:
         """The plain forward (no fast-inference form) in ``precision``, NHWC: what the GPU gets without it."""

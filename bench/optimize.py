@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # fststyle, in this process and in the one-setting subprocesses it starts
 CONTENT = REPO / "data" / "preview" / "000000000030.jpg"
 STYLE = REPO / "data" / "styles" / "starry_night.jpg"
 
@@ -81,8 +82,7 @@ def main() -> None:
                 for engine in args.engines:
                     command = [sys.executable, __file__, "--iterations", str(args.iterations),
                                "--one", engine, optimizer, str(size), device]
-                    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
+                    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
                     if done.returncode != 0:
                         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
                     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

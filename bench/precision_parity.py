@@ -18,7 +18,6 @@ asserted; ``tests/test_cuda.py`` asserts the first-step agreement.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -42,8 +41,7 @@ def run(name: str, extra: list[str], steps: int, run_dir: Path) -> dict[str, lis
                "trainer.log_every_n_steps=1", f"trainer.val_check_interval={steps}", "trainer.num_sanity_val_steps=0",
                f"checkpoint_every_n_steps={steps}", f"run_dir={run_dir}", *VARIANTS[name]]
     print(f"[{name}] {' '.join(command[1:])}", flush=True)
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])})
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)  # train.py's folder is on its path
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {term: [(e.wall_time, e.step, e.value) for e in events.Scalars(f"train/{term}")]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # fststyle, in this process and in the measuring subprocesses it starts
 
 
 def make_clip(path: Path, seconds: float, width: int, height: int, fps: int = 24) -> Path:
@@ -85,8 +86,7 @@ def main() -> None:
             clip = make_clip(Path(folder) / f"clip_{seconds:g}s.mp4", seconds, width, height)
             child = subprocess.run([sys.executable, __file__, "--measure", str(clip), "--model", args.model,
                                     "--device", args.device, "--batch-size", str(args.batch_size)],
-                                   capture_output=True, text=True, check=True, env={**os.environ,
-                                                                                  "PYTHONPATH": str(REPO)})
+                                   capture_output=True, text=True, check=True)
             result = json.loads(child.stdout.strip().splitlines()[-1])
             peak = "n/a" if result["peak_bytes"] is None else f"{result['peak_bytes'] / 2**20:.0f} MiB"
             print(f"{seconds:g} s clip, {args.size}, {result['frames']} frames: peak memory {peak} above the start, "
