@@ -57,7 +57,7 @@ def timing_table(sizes: list[str], repeats: int, use_compile: bool, batch: int, 
     torch.manual_seed(0)
     network = TransformerNet().eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_precision(precision, device)
+    dtype = resolve_precision(precision)
 
     def copy() -> TransformerNet:
         """A network with the baseline's weights (every variant gets its own: they change its form)."""

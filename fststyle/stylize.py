@@ -60,7 +60,7 @@ MIN_TILE = 4 * RECEPTIVE_RADIUS
 DEFAULT_STATISTICS_SIZE = 2048
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+def resolve_precision(precision: str) -> torch.dtype:
     """``auto`` -> fp32 on every device. CPU: the AVX2 CPUs here have no bf16 units. CUDA: on an H100 the fp32
     forward (TF32 convolutions, PyTorch's default) ran 1.2-1.6x faster than any eager bf16 or fp16 form at
     512^2 and 1024^2, batch 8 (bench/infer.py, docs/stylize.md); fp16 and bf16 only halve activation memory."""
@@ -145,7 +145,7 @@ class Stylizer:
         one-style network of ``style`` (a name or ``{name: weight}``; None for a model of one style)."""
         chosen = model.select(style)
         resolved = resolve_device(device)
-        return cls(chosen.network, chosen.metadata, device=resolved, dtype=resolve_precision(precision, resolved),
+        return cls(chosen.network, chosen.metadata, device=resolved, dtype=resolve_precision(precision),
                    **options)
 
     @property
