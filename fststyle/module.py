@@ -20,7 +20,7 @@ from torch import nn
 from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
 from fststyle.losses import PerceptualLoss, feature_mse
-from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet
+from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet, saturated_share
 
 #: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
 DEFAULT_LR = 1e-3
@@ -219,22 +219,26 @@ class StyleTransferModule(pl.LightningModule):
         styles = (self.batch_styles(images.shape[0], self.trainer.fit_loop.total_batch_idx)
                   if len(self.style_terms) else None)  # one style: no trainer needed (tests step by hand)
         if self.stability_weight > 0:
-            terms = self.stability_terms(images, styles)
+            terms, outputs = self.stability_terms(images, styles)
         else:
-            terms = self.loss_terms(self(images, None if styles is None else self.style_weights(styles)), images, styles)
+            outputs = self(images, None if styles is None else self.style_weights(styles))
+            terms = self.loss_terms(outputs, images, styles)
         total = terms["total"].detach().float()
         stats = torch.stack([(~torch.isfinite(total)).float(), total, torch.ones_like(total)])
         self._step_stats = stats if self._step_stats is None else self._step_stats + stats
         self._last_terms = {name: value.detach() for name, value in terms.items()}
         # Per-step values from this process only, and not on the progress bar: Lightning would read a progress
         # bar value back from the device every step (the bar shows ``last_loss`` instead).
-        self.log_dict({f"train/{name}": value for name, value in terms.items()},
+        self.log_dict({f"train/{name}": value for name, value in terms.items()}
+                      | {"train/saturated": saturated_share(outputs.detach())},
                       on_step=True, on_epoch=False, batch_size=images.shape[0])
         return terms["total"]
 
-    def stability_terms(self, images: torch.Tensor, styles: list[int] | None = None) -> dict[str, torch.Tensor]:
+    def stability_terms(self, images: torch.Tensor,
+                        styles: list[int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The loss terms of clean images N,3,H,W plus ``stability``: weight * MSE(output of a perturbed copy,
         output of the images), added to ``total``; both outputs come from one transformer call (2N images).
+        Returns the terms and the clean images' outputs N,3,H,W.
 
         The copy has Gaussian noise of sigma ``stability_noise`` and, with ``stability_shift`` s > 0, shows the
         scene moved by (dy, dx), each drawn from -s..s per batch: copy[y, x] = images[y + dy, x + dx]. The
@@ -262,7 +266,7 @@ class StyleTransferModule(pl.LightningModule):
             clean_part = clean_out
         terms["stability"] = self.stability_weight * feature_mse(perturbed_out, clean_part)
         terms["total"] = terms["total"] + terms["stability"]
-        return terms
+        return terms, clean_out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The step's one collective and one device sync: stop on a non-finite loss or a stop request.
@@ -322,15 +326,18 @@ class StyleTransferModule(pl.LightningModule):
 
     # ---- previews ---------------------------------------------------------------------------------------
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms (averaged over
-        processes; per style too when there are several)."""
+        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms and saturated
+        share (averaged over processes; per style too when there are several)."""
         batch = self.to_memory_format(batch)
         outputs, terms = [], {}
         styles = range(len(self.style_terms)) if len(self.style_terms) else [None]
         for style in styles:  # the plain val/<term> keys: the mean over the styles
             chosen = None if style is None else [style] * batch.shape[0]
             stylised = self(batch, None if chosen is None else self.style_weights(chosen))
-            for name, value in self.loss_terms(stylised, batch, chosen).items():
+            scores = self.loss_terms(stylised, batch, chosen) | {"saturated": saturated_share(stylised)}
+            if style is not None:
+                scores[f"{self.trained_style_names[style]}/saturated"] = scores["saturated"]
+            for name, value in scores.items():
                 value = value if "/" in name else value / len(styles)
                 terms[name] = terms[name] + value if name in terms else value
             outputs.append(stylised.detach().float())

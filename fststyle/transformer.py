@@ -32,6 +32,10 @@ MAX_BASE_WIDTH = 256
 #: styles one network may hold; Dumoulin et al. 2017 train 32 (and report one network of 32 styles as
 #: cheap as one of 1); each style costs 2 x (sum of norm channels) floats
 MAX_STYLES = 256
+#: an output value within this of 0 or 1 sits where the output bound's slope, (1 - tanh^2) / 2 = 2 * margin,
+#: is 2e-3 or less: the losses' gradients barely reach it, so a region pushed there stays, a solid black or
+#: white blob (the GPU-trained models in checkpoints/README.md: pre-tanh values down to -800 in their blobs)
+SATURATION_MARGIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -375,3 +379,11 @@ class TransformerNet(nn.Module):
         finally:
             for norm in norms:
                 norm.statistics_mode, norm.statistics = "own", None
+
+
+def saturated_share(outputs: torch.Tensor) -> torch.Tensor:
+    """Share of the pixels of network outputs N,3,H,W (in [0,1]) that the tanh bound pins to pure black or
+    white: every channel within SATURATION_MARGIN of 0, or of 1 (scalar tensor, outputs' device, no sync)."""
+    black = (outputs < SATURATION_MARGIN).all(dim=1)
+    white = (outputs > 1 - SATURATION_MARGIN).all(dim=1)
+    return (black | white).float().mean()

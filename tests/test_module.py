@@ -98,8 +98,10 @@ def test_tensorboard_holds_preview_and_loss_terms(tiny_run) -> None:
     assert {image.step for image in events.Images("preview")} == {0, 2, 4}
     scalars = set(events.Tags()["scalars"])
     expected = {"train/total", "train/content", "train/style", "train/content.relu2_2", "train/style.relu1_2",
-                "train/style.relu4_3", "train/tv", "val/total", "val/style.relu3_3", "lr-Adam"}
+                "train/style.relu4_3", "train/tv", "val/total", "val/style.relu3_3", "lr-Adam",
+                "train/saturated", "val/saturated"}
     assert expected <= scalars, expected - scalars
+    assert all(0 <= event.value <= 1 for tag in ("train/saturated", "val/saturated") for event in events.Scalars(tag))
     assert "train/stability" not in scalars  # the stability term is off by default (loss.stability_weight=0)
     assert sorted(p.name for p in (tiny_run.run_dir / "previews").iterdir()) == [
         "step_000000.png", "step_000002.png", "step_000004.png"]

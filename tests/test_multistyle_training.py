@@ -87,7 +87,7 @@ def test_multi_run_logs_every_style(multi_run) -> None:
     expected = {"train/total", "train/style", "val/total", "val/style"}
     for name in STYLES:
         expected |= {f"train/{name}/style", f"train/{name}/content", f"train/{name}/total",
-                     f"val/{name}/style", f"val/{name}/content", f"val/{name}/total"}
+                     f"val/{name}/style", f"val/{name}/content", f"val/{name}/total", f"val/{name}/saturated"}
     assert expected <= scalars, expected - scalars
     # the plain val/ terms are the mean over the styles
     total = events.Scalars("val/total")[-1].value

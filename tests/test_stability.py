@@ -77,9 +77,9 @@ def test_shifted_outputs_are_compared_where_they_show_the_same_scene(tiny_config
     images = torch.rand(2, 3, 40, 48)
     module.transformer = Halve()
     for _ in range(20):  # 20 random moves: each (dy, dx) lines up exactly, so the term is 0
-        assert module.stability_terms(images)["stability"] == 0
+        assert module.stability_terms(images)[0]["stability"] == 0
     module.transformer = Flip()  # equal outputs only for the move (0, 0), 1 draw in 49
-    assert any(module.stability_terms(images)["stability"] > 0 for _ in range(20))
+    assert any(module.stability_terms(images)[0]["stability"] > 0 for _ in range(20))
 
 
 def test_a_shift_too_large_for_the_images_is_one_line(tiny_config, tmp_path: Path) -> None:
