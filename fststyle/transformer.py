@@ -34,7 +34,7 @@ MAX_BASE_WIDTH = 256
 MAX_STYLES = 256
 #: an output value within this of 0 or 1 sits where the output bound's slope, (1 - tanh^2) / 2 = 2 * margin,
 #: is 2e-3 or less: the losses' gradients barely reach it, so a region pushed there stays, a solid black or
-#: white blob (the GPU-trained models in checkpoints/README.md: pre-tanh values down to -800 in their blobs)
+#: white blob (the GPU-trained models in checkpoints/README.md: pre-tanh values down to -854 in their blobs)
 SATURATION_MARGIN = 1e-3
 
 
