@@ -7,12 +7,11 @@ Every style of the multi-style model and every one-style model is scored on the 
 ``data/preview``, none of them seen in training) by the same numbers: the training loss stored in the model's
 metadata (its VGG, layers and weights), with the style image stored in the file. The table gives, per style,
 the mean content and style loss over the photos, the multi-style model's ratio to the one-style model of the
-same style (the issue's goal: style within 1.2x at no worse content), a hatching figure: the mean absolute
-Laplacian of the output's luminance where the photo is flat (the high-frequency mesh the CPU-trained one-style
-models paint over skies and walls; lower is smoother), and a blob figure: the share of output pixels inside a
-solid near-black or near-white patch that the photo does not have there (the droplets the first GPU-trained
-models paint into flat areas, checkpoints/README.md). Several one-style models of one style (e.g. a shipped and
-a retrained one) are each scored against the first of them. Nothing is asserted; the load averages are printed.
+same style (the issue's goal: style within 1.2x at no worse content), and the artefact figures of
+``fststyle.artefacts``: hatching (the high-frequency mesh the CPU-trained one-style models paint over skies and
+walls; lower is smoother) and blobs (the share of output pixels inside a solid near-black or near-white patch that
+the photo does not have there: the droplets the first GPU-trained models paint, checkpoints/README.md). Several
+one-style models of one style (e.g. a shipped and a retrained one) are each scored against the first of them. Nothing is asserted; the load averages are printed.
 """
 
 from __future__ import annotations
@@ -22,52 +21,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from fststyle.artefacts import blob_share, hatching
 from fststyle.compare import scoring_loss, style_images
 from fststyle.images import image_files, labelled_grid, load_image, save_image
 from fststyle.style_model import StyleModel
-
-#: ITU-R BT.601 luma weights (the Y of JPEG's YCbCr)
-LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-#: a photo pixel is "flat" when its luminance gradient (Sobel magnitude after a 5x5 box blur) is below this,
-#: in [0,1] units per pixel: skies, walls and table tops of the preview photos, not their edges or textures
-FLAT_GRADIENT = 0.01
-#: a blob pixel: luminance below BLOB_DARK (or above 1 - BLOB_DARK) over the whole BLOB_SIZE x BLOB_SIZE patch
-#: around it, where the photo's luminance is not below (above) PHOTO_DARK (1 - PHOTO_DARK). Chosen on the
-#: preview photos: the GPU-trained starry_night / the_scream models score 0.9 / 3.3 % on the vase photo, the
-#: CPU-trained ones 0.0 %, whose darkest strokes are thinner than 9 px.
-BLOB_DARK, PHOTO_DARK, BLOB_SIZE = 0.06, 0.04, 9
-SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
-LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-
-
-def luminance(images: torch.Tensor) -> torch.Tensor:
-    """N,3,H,W in [0,1] -> N,1,H,W luma."""
-    return (images * LUMA.to(images)).sum(dim=1, keepdim=True)
-
-
-def flat_mask(photo: torch.Tensor) -> torch.Tensor:
-    """1,3,H,W photo -> 1,1,H,W bool: where its blurred luminance gradient is below FLAT_GRADIENT."""
-    blurred = F.avg_pool2d(luminance(photo), 5, stride=1, padding=2, count_include_pad=False)
-    gx = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), SOBEL_X.view(1, 1, 3, 3))
-    gy = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), SOBEL_X.t().reshape(1, 1, 3, 3))
-    return (gx.square() + gy.square()).sqrt() < FLAT_GRADIENT
-
-
-def hatching(output: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean |Laplacian| of the output's luminance (1,3,H,W) over the flat pixels ``mask`` (1,1,H,W)."""
-    response = F.conv2d(F.pad(luminance(output), (1, 1, 1, 1), mode="replicate"), LAPLACIAN.view(1, 1, 3, 3))
-    return float(response.abs()[mask].mean()) if mask.any() else float("nan")
-
-
-def blobs(output: torch.Tensor, photo: torch.Tensor) -> float:
-    """Share of the output's pixels (1,3,H,W) inside a solid near-black or near-white patch the photo lacks."""
-    output_luma, photo_luma = luminance(output.clamp(0, 1)), luminance(photo)
-    unexpected = (((output_luma < BLOB_DARK) & (photo_luma >= PHOTO_DARK))
-                  | ((output_luma > 1 - BLOB_DARK) & (photo_luma <= 1 - PHOTO_DARK))).float()
-    solid = F.avg_pool2d(unexpected, BLOB_SIZE, stride=1, padding=BLOB_SIZE // 2, count_include_pad=False)
-    return float((solid > 1 - 1e-6).float().mean())
 
 
 @torch.no_grad()
@@ -80,8 +38,8 @@ def score(model: StyleModel, photos: list[torch.Tensor]) -> dict[str, float]:
         terms = loss(output, photo)
         sums["content"] += float(terms["content"]) / len(photos)
         sums["style"] += float(terms["style"]) / len(photos)
-        sums["hatching"] += hatching(output, flat_mask(photo)) / len(photos)
-        sums["blobs"] += blobs(output, photo) / len(photos)
+        sums["hatching"] += float(hatching(output, photo)[0]) / len(photos)
+        sums["blobs"] += float(blob_share(output, photo)[0]) / len(photos)
     return sums
 
 

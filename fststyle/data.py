@@ -32,6 +32,9 @@ from fststyle.images import (
 )
 
 _README_HINT = "see data/README.md for the COCO download links and the expected layout"
+#: the largest random up-scaling of a training image before its crop: at 2 a 256 px crop shows a quarter of
+#: what it shows unscaled, already closer than any preview photo is framed
+MAX_SCALE_JITTER = 2.0
 
 
 class UnreadableImageWarning(UserWarning):
@@ -106,13 +109,22 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
 
 
 class _RandomCropImages(Dataset):
-    """Images resized (shorter side = image_size) and randomly cropped to Tensor[3,S,S] float in [0,1]."""
+    """Images resized (shorter side = image_size) and randomly cropped to Tensor[3,S,S] float in [0,1].
+
+    ``scale_jitter`` > 1 first scales each resized image by a random factor in [1, scale_jitter], so the crops
+    see objects at several sizes; ``flip`` mirrors half of the crops left to right.
+    """
 
     def __init__(
-        self, paths: Sequence[str | os.PathLike], image_size: int, cache_dir: str | os.PathLike | None = None
+        self, paths: Sequence[str | os.PathLike], image_size: int, cache_dir: str | os.PathLike | None = None,
+        scale_jitter: float = 1.0, flip: bool = False,
     ) -> None:
         if image_size <= 0:
             raise UserError(f"data.image_size must be positive, got {image_size}")
+        if not 1.0 <= scale_jitter <= MAX_SCALE_JITTER:
+            raise UserError(f"data.scale_jitter must be from 1 (off) to {MAX_SCALE_JITTER:g}, got {scale_jitter}")
+        self.scale_jitter = float(scale_jitter)
+        self.flip = bool(flip)
         # One numpy string array instead of a list of Python objects: DataLoader workers read it
         # without touching refcounts, so the forked copies stay shared (no per-worker memory growth).
         self._paths = np.array([str(p) for p in paths])
@@ -170,10 +182,15 @@ class _RandomCropImages(Dataset):
                               stacklevel=2)
             return None
         size = self.image_size
+        if self.scale_jitter > 1:
+            factor = 1 + float(torch.rand(())) * (self.scale_jitter - 1)
+            image = TF.resize(image, [round(min(image.shape[-2:]) * factor)], antialias=True)
         height, width = image.shape[-2:]
         top = int(torch.randint(0, height - size + 1, ()))
         left = int(torch.randint(0, width - size + 1, ()))
         image = TF.crop(image, top, left, size, size)
+        if self.flip and bool(torch.rand(()) < 0.5):
+            image = TF.horizontal_flip(image)
         return TF.to_dtype(image, torch.float32, scale=True)
 
 
@@ -188,6 +205,8 @@ class CocoImages(_RandomCropImages):
         ann_file: str | os.PathLike | None = None,
         max_images: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        scale_jitter: float = 1.0,
+        flip: bool = False,
     ) -> None:
         from pycocotools.coco import COCO
 
@@ -207,7 +226,7 @@ class CocoImages(_RandomCropImages):
         files = [image_dir / info["file_name"] for info in coco.loadImgs(ids)]
         if not files:
             raise UserError(f"{ann_path} lists no images (or data.max_images=0); {_README_HINT}")
-        super().__init__(files, image_size, cache_dir)
+        super().__init__(files, image_size, cache_dir, scale_jitter, flip)
         self.image_ids = ids
 
 
@@ -220,12 +239,14 @@ class ImageFolderImages(_RandomCropImages):
         image_size: int = 256,
         max_images: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        scale_jitter: float = 1.0,
+        flip: bool = False,
     ) -> None:
         files = list_images(root)[:max_images]
         if not files:
             raise UserError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
                             "data.max_images=0 keeps none): point data.root at a folder of photos")
-        super().__init__(files, image_size, cache_dir)
+        super().__init__(files, image_size, cache_dir, scale_jitter, flip)
 
 
 def collate_skipping_bad(
@@ -289,6 +310,8 @@ class StyleDataModule(pl.LightningDataModule):
         preview_size: int = 256,
         max_images: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        scale_jitter: float = 1.0,
+        flip: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("coco", "folder"):
@@ -304,11 +327,13 @@ class StyleDataModule(pl.LightningDataModule):
         if self.train_set is None:
             if hp.kind == "coco":
                 self.train_set = CocoImages(
-                    hp.root, hp.split, hp.image_size, max_images=hp.max_images, cache_dir=hp.cache_dir
+                    hp.root, hp.split, hp.image_size, max_images=hp.max_images, cache_dir=hp.cache_dir,
+                    scale_jitter=hp.scale_jitter, flip=hp.flip,
                 )
             else:
                 self.train_set = ImageFolderImages(
-                    hp.root, hp.image_size, max_images=hp.max_images, cache_dir=hp.cache_dir
+                    hp.root, hp.image_size, max_images=hp.max_images, cache_dir=hp.cache_dir,
+                    scale_jitter=hp.scale_jitter, flip=hp.flip,
                 )
         if self.preview_set is None:
             self.preview_set = PreviewImages(list(hp.preview), hp.preview_size)

@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from fststyle.artefacts import blob_share, hatching
 from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
 from fststyle.losses import PerceptualLoss, feature_mse
@@ -25,6 +26,9 @@ from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerN
 #: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
 DEFAULT_LR = 1e-3
 SCHEDULES = ("none", "cosine", "step")
+#: adaptive gradient clipping (``optimizer.adaptive_clip``): the weight of the newest step in the running mean
+#: of gradient norms that a step's norm is clipped against (0.99: a memory of about 100 steps)
+GRADIENT_NORM_MOMENTUM = 0.99
 LOSS_PREFIX = "loss."
 #: the training-only loss settings (read here, not by ``PerceptualLoss``): the stability term of Gupta et al.
 #: 2017, "Characterizing and Improving Stability in Neural Style Transfer": weight * MSE between the
@@ -68,9 +72,16 @@ class StyleTransferModule(pl.LightningModule):
                  image_size: int, optimizer: dict[str, Any] | None = None, channels_last: bool = False,
                  compile: bool = False, finetune: dict[str, Any] | None = None) -> None:
         super().__init__()
-        optimizer = {"lr": DEFAULT_LR, "schedule": "none", **(optimizer or {})}
+        optimizer = {"lr": DEFAULT_LR, "schedule": "none", "adaptive_clip": 0.0, "bound_gradient_floor": 0.0,
+                     **(optimizer or {})}
         if optimizer["schedule"] not in SCHEDULES:
             raise UserError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {optimizer['schedule']!r}")
+        if optimizer["adaptive_clip"] < 0 or 0 < optimizer["adaptive_clip"] < 1:
+            raise UserError(f"optimizer.adaptive_clip must be 0 (off) or at least 1 (a multiple of the running "
+                            f"gradient norm), got {optimizer['adaptive_clip']}; e.g. optimizer.adaptive_clip=2")
+        if not 0 <= optimizer["bound_gradient_floor"] <= 0.5:
+            raise UserError(f"optimizer.bound_gradient_floor must be from 0 (off) to 0.5 (the bound's steepest "
+                            f"slope), got {optimizer['bound_gradient_floor']}")
         #: the styles learned apart (one scale and shift each); None: one style, or one blend of the images
         self.style_names: list[str] | None = list(style["names"]) if style.get("names") else None
         #: styles of the fine-tuned model, frozen; the trained ones follow them in the network
@@ -82,6 +93,9 @@ class StyleTransferModule(pl.LightningModule):
                                    "channels_last": bool(channels_last), "compile": bool(compile),
                                    "finetune": finetune})
         self.transformer = TransformerNet(TransformerConfig(**transformer))
+        self.transformer.bound_gradient_floor = float(optimizer["bound_gradient_floor"])
+        #: running mean of the clipped gradient norms (adaptive clipping); 0 until the first step of this process
+        self._gradient_norm_mean = torch.zeros(())
         self.loss = PerceptualLoss.from_config({k: v for k, v in loss.items() if k not in STABILITY_KEYS})
         self.stability_weight = float(loss.get("stability_weight", 0.0))
         self.stability_noise = float(loss.get("stability_noise", DEFAULT_STABILITY_NOISE))
@@ -139,6 +153,9 @@ class StyleTransferModule(pl.LightningModule):
         self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the global step of the latest preview grid (None: none yet)
         self.last_preview_step: int | None = None
+        #: the held-out artefact figures of the latest validation (``val/blobs``, ``val/hatching`` and per style),
+        #: as device tensors; exported models record them
+        self.artefact_figures: dict[str, torch.Tensor] = {}
 
     def _freeze_all_but_new_styles(self) -> None:
         """Fine-tuning: no gradient for the convolutions, and none for the frozen styles' rows of the S,C norm
@@ -288,6 +305,32 @@ class StyleTransferModule(pl.LightningModule):
             self.last_loss = loss_sum / batches
         self._stop_agreed = stop > 0
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping (``trainer.gradient_clip_val``), then ``optimizer.adaptive_clip``."""
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if self.hparams.optimizer["adaptive_clip"]:
+            self._clip_to_running_norm()
+
+    def _clip_to_running_norm(self) -> None:
+        """Scale the gradients so their global norm is at most ``adaptive_clip`` x the running mean of the past
+        steps' (clipped) norms, on the device with no host sync. A fixed ``gradient_clip_val`` would need a value
+        per preset, as the loss weights differ by 1e5 between them; a multiple of the run's own typical norm
+        needs none (AutoClip, Seetharaman et al. 2020, clips to a percentile of the norm history likewise). A
+        non-finite norm (a skipped fp16 step) leaves the gradients and the mean alone."""
+        gradients = [p.grad for p in self.transformer.parameters() if p.grad is not None]
+        if not gradients:
+            return
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)).float())
+        mean = self._gradient_norm_mean.to(norm.device)
+        limit = torch.where(mean > 0, self.hparams.optimizer["adaptive_clip"] * mean, norm)
+        finite = torch.isfinite(norm)
+        scale = torch.where(finite, (limit / norm.clamp_min(1e-30)).clamp(max=1.0), torch.ones_like(norm))
+        torch._foreach_mul_(gradients, scale)
+        clipped = torch.minimum(norm, limit)
+        updated = torch.where(mean > 0, GRADIENT_NORM_MOMENTUM * mean + (1 - GRADIENT_NORM_MOMENTUM) * clipped, norm)
+        self._gradient_norm_mean = torch.where(finite, updated, mean)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Stop every process together after the step in which any of them asked to (SIGTERM, Ctrl-C)."""
         if self._stop_agreed:
@@ -326,23 +369,29 @@ class StyleTransferModule(pl.LightningModule):
 
     # ---- previews ---------------------------------------------------------------------------------------
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms and saturated
-        share (averaged over processes; per style too when there are several)."""
+        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms, saturated
+        share and artefact figures, blobs and hatching (fststyle.artefacts), averaged over processes, per style
+        too when there are several."""
         batch = self.to_memory_format(batch)
         outputs, terms = [], {}
         styles = range(len(self.style_terms)) if len(self.style_terms) else [None]
         for style in styles:  # the plain val/<term> keys: the mean over the styles
             chosen = None if style is None else [style] * batch.shape[0]
             stylised = self(batch, None if chosen is None else self.style_weights(chosen))
-            scores = self.loss_terms(stylised, batch, chosen) | {"saturated": saturated_share(stylised)}
+            scores = self.loss_terms(stylised, batch, chosen) | {
+                "saturated": saturated_share(stylised), "blobs": blob_share(stylised, batch).mean(),
+                "hatching": hatching(stylised, batch).nanmean()}
             if style is not None:
-                scores[f"{self.trained_style_names[style]}/saturated"] = scores["saturated"]
+                name = self.trained_style_names[style]
+                scores |= {f"{name}/{figure}": scores[figure] for figure in ("saturated", "blobs", "hatching")}
             for name, value in scores.items():
                 value = value if "/" in name else value / len(styles)
                 terms[name] = terms[name] + value if name in terms else value
             outputs.append(stylised.detach().float())
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,
                       batch_size=batch.shape[0])
+        self.artefact_figures = {name: value.detach() for name, value in terms.items()
+                                 if name.rsplit("/", 1)[-1] in ("blobs", "hatching")}
         self._previews.append((batch.detach(), torch.stack(outputs, dim=1)))
 
     def on_validation_epoch_end(self) -> None:

@@ -153,13 +153,17 @@ class StyleModel:
         return path
 
 
-def training_metadata(hparams: dict[str, Any], steps: int, hardware: str | None = None) -> dict[str, Any]:
+def training_metadata(hparams: dict[str, Any], steps: int, hardware: str | None = None,
+                      artefacts: dict[str, Any] | None = None) -> dict[str, Any]:
     """A style model's metadata from the training module's hyper-parameters after ``steps`` steps on
-    ``hardware`` (what ``fststyle models`` shows, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3) x 8``). A network of
-    several styles also lists them, in the order of its style weights, with the steps each was trained for
-    (a fine-tune's base styles keep theirs)."""
+    ``hardware`` (what ``fststyle models`` shows, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3) x 8``), with its
+    held-out ``artefacts`` figures (``{"step", "blobs", "hatching"}``, fststyle.artefacts) when measured. A
+    network of several styles also lists them, in the order of its style weights, with the steps each was
+    trained for (a fine-tune's base styles keep theirs)."""
     metadata = {"style": hparams.get("style", {}), "loss": hparams.get("loss", {}),
                 "image_size": hparams.get("image_size"), "steps": steps, "hardware": hardware}
+    if artefacts is not None:
+        metadata["artefacts"] = artefacts
     styles = [*((hparams.get("finetune") or {}).get("styles") or []),
               *({"name": name, "steps": steps} for name in (hparams.get("style") or {}).get("names") or [])]
     if len(styles) > 1:
@@ -267,10 +271,31 @@ def _check_metadata(path: Path, info: dict[str, Any]) -> None:
         raise bad(f"steps is {info['steps']!r}")
     if info.get("hardware") is not None and not isinstance(info["hardware"], str):
         raise bad(f"hardware is {type(info['hardware']).__name__}, not a string")
+    artefacts = info.get("artefacts")
+    if artefacts is not None and not _is_artefact_record(artefacts, nested=True):
+        raise bad(f"artefacts is {artefacts!r}, not {{'step': int, 'blobs': number, 'hatching': number}}")
     blend = style.get("blend")
     if blend is not None and (not isinstance(blend, list) or len(blend) > MAX_STYLES
                               or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in blend)):
         raise bad(f"style.blend is {blend!r}, not a list of numbers")
+
+
+def _is_artefact_record(record: Any, nested: bool) -> bool:
+    """Whether ``record`` is an artefacts entry: numbers (or null) for blobs and hatching, a step, and (``nested``)
+    one such entry per style under ``styles``."""
+    if not isinstance(record, dict) or len(record) > MAX_STYLES + 4:
+        return False
+    for key, value in record.items():
+        if key == "styles" and nested:
+            if not isinstance(value, dict) or not all(isinstance(name, str) and _is_artefact_record(entry, False)
+                                                      for name, entry in value.items()):
+                return False
+        elif key == "step" and nested:
+            if not _is_int(value):
+                return False
+        elif key not in ("blobs", "hatching") or not (value is None or _has_type(value, "float")):
+            return False
+    return True
 
 
 def _is_int(value: Any) -> bool:

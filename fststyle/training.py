@@ -38,6 +38,7 @@ from fststyle.data import StyleDataModule
 from fststyle.devices import device_name
 from fststyle.errors import UserError
 from fststyle.files import atomic_write
+from fststyle.guard import ArtefactGuard
 from fststyle.images import image_files
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 from fststyle.style_model import MAX_STYLE_NAME, StyleModel, training_metadata
@@ -364,6 +365,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
         SignalStop(cfg.get("sigterm_grace_s"), checkpoints),
         LearningRateMonitor(logging_interval="step"),
         LossProgressBar(),
+        ArtefactGuard(checkpoints, **(cfg.get("artefact_guard") or {})),
     ]
     for name, spec in (cfg.get("callbacks") or {}).items():
         if not isinstance(spec, Mapping) or "_target_" not in spec:
@@ -397,14 +399,22 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
+        guard = next(c for c in trainer.callbacks if isinstance(c, ArtefactGuard))
+        steps = trainer.global_step
+        if guard.stopped and guard.healthy_step is not None:  # export the weights from before the alarm
+            state = torch.load(guard.healthy_path, map_location="cpu", weights_only=True)["state_dict"]
+            module.transformer.load_state_dict({k[len("transformer."):]: v for k, v in state.items()
+                                                if k.startswith("transformer.")})
+            module.artefact_figures, steps = guard.healthy_figures, guard.healthy_step
+            rank_zero_info(f"artefact guard: exporting the style model of step {steps} ({guard.healthy_path})")
+        elif not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
         model_path = None
         if trainer.is_global_zero:
             # the device it trained on: after fit, Lightning's teardown has moved the module back to the CPU
             hardware = device_name(trainer.strategy.root_device)
             hardware += f" x {trainer.world_size}" if trainer.world_size > 1 else ""
-            model_path = _export(cfg, module, run_dir, trainer.global_step, hardware)
+            model_path = _export(cfg, module, run_dir, steps, hardware)
             skipped = module.skipped_images_total
             print(f"\nRun directory: {run_dir}\n"
                   f"TensorBoard:   tensorboard --logdir {run_dir}\n"
@@ -427,5 +437,26 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    metadata = training_metadata(dict(hparams), steps, hardware)
+    metadata = training_metadata(dict(hparams), steps, hardware, _artefact_metadata(module.artefact_figures, steps))
     return StyleModel(module.transformer, metadata, module.model_style_images).save(path)
+
+
+def _artefact_metadata(figures: dict[str, torch.Tensor], step: int) -> dict[str, Any] | None:
+    """The held-out artefact figures a model records: ``{"step", "blobs", "hatching"}`` and, for a network of
+    several styles, ``"styles": {name: {"blobs", "hatching"}}``; None without a validation (no preview photos).
+    A hatching figure of photos without flat areas is NaN, recorded as null (JSON has no NaN)."""
+    if not figures:
+        return None
+
+    def number(value: torch.Tensor) -> float | None:
+        value = float(value)
+        return value if value == value else None
+
+    artefacts: dict[str, Any] = {"step": step}
+    for name, value in figures.items():
+        style, _, figure = name.rpartition("/")
+        if style:
+            artefacts.setdefault("styles", {}).setdefault(style, {})[figure] = number(value)
+        else:
+            artefacts[figure] = number(value)
+    return artefacts

@@ -267,6 +267,9 @@ class TransformerNet(nn.Module):
     def __init__(self, config: TransformerConfig | None = None, **kwargs) -> None:
         super().__init__()
         self.config = config if config is not None else TransformerConfig(**kwargs)
+        #: training only: the smallest slope the output bound passes back (0: tanh's own, which vanishes where
+        #: the bound saturates); the forward value is unchanged, so it is not part of the architecture
+        self.bound_gradient_floor = 0.0
         c1, c2, c3 = self.config.channels()
         norm, styles = self.config.norm, self.config.styles
         self.encoder = StyledSequential(
@@ -293,8 +296,11 @@ class TransformerNet(nn.Module):
         x = self.decoder(x, style_weights)
         # Johnson et al. bound the output with a scaled tanh (150*tanh on 0-255 images);
         # on [0,1] images the same bound is (tanh + 1) / 2.
-        x = (torch.tanh(x) + 1) / 2
-        return x[..., :height, :width]
+        bounded = (torch.tanh(x) + 1) / 2
+        if self.training and self.bound_gradient_floor > 0:
+            # same value; slope (1 - tanh^2) / 2 + floor, so a pixel pushed deep into the bound still learns
+            bounded = bounded + self.bound_gradient_floor * (x - x.detach())
+        return bounded[..., :height, :width]
 
     def _pad(self, images: torch.Tensor) -> torch.Tensor:
         """Pad bottom/right to a multiple of STRIDE and at least MIN_SIZE: N,3,H,W -> N,3,H',W'."""

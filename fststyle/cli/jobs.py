@@ -385,19 +385,24 @@ def train(cfg: DictConfig) -> int:
 
 
 def models() -> int:
-    """``fststyle models``: the shipped style models, one line each (name, style(s), size, steps, hardware); a
-    model of several styles lists them all (style=NAME chooses one at stylize)."""
+    """``fststyle models``: the shipped style models, one line each (name, style(s), size, steps, hardware, and
+    the held-out artefact figures recorded at training, fststyle.artefacts); a model of several styles lists
+    them all (style=NAME chooses one at stylize)."""
     from fststyle.bundled import shipped_models
     from fststyle.style_model import StyleModel
 
-    rows = [("name", "style", "size", "steps", "trained on", "file")]
+    rows = [("name", "style", "size", "steps", "trained on", "blobs", "hatching", "file")]
     for name, path in shipped_models().items():
         model = StyleModel.load(path)
         metadata = model.metadata
         style = metadata.get("style") or {}
         styles = ", ".join(model.style_names) if model.network.config.styles > 1 else str(style.get("name", "?"))
+        artefacts = metadata.get("artefacts") or {}
+        blobs, hatching = artefacts.get("blobs"), artefacts.get("hatching")
         rows.append((name, styles, f"{metadata.get('image_size', '?')} px",
-                     str(metadata.get("steps", "?")), str(metadata.get("hardware", "not recorded")), str(path)))
+                     str(metadata.get("steps", "?")), str(metadata.get("hardware", "not recorded")),
+                     "not recorded" if blobs is None else f"{blobs:.2%}",
+                     "not recorded" if hatching is None else f"{hatching:.4f}", str(path)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
