@@ -360,7 +360,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
     every = cfg.get("checkpoint_every_n_steps")
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=str(checkpoints), filename="step_{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=every, save_last=True, save_top_k=1),
+                        every_n_train_steps=every, save_last=True, save_top_k=-1 if cfg.get("checkpoint_keep_all") else 1),
         InterruptCheckpoint(checkpoints),
         SignalStop(cfg.get("sigterm_grace_s"), checkpoints),
         LearningRateMonitor(logging_interval="step"),

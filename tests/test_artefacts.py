@@ -84,6 +84,11 @@ def test_adaptive_clip_holds_a_spike_to_a_multiple_of_the_running_norm(tiny_conf
         build_module(tiny_config(tmp_path, "optimizer.adaptive_clip=0.5"))
 
 
+def test_adaptive_clip_runs_in_lightnings_clipping_hook(tiny_config, tmp_path: Path) -> None:
+    result = train(tiny_config(tmp_path, "trainer.max_steps=2", "optimizer.adaptive_clip=2"))
+    assert float(result.module._gradient_norm_mean) > 0  # every optimiser step went through it
+
+
 def test_scale_jitter_and_flip(tmp_path: Path) -> None:
     pixels = np.zeros((32, 32, 3), np.uint8)
     pixels[:, :8] = 255  # a white band on the left
