@@ -22,25 +22,10 @@ from pathlib import Path
 
 import torch
 
-from fststyle.artefacts import blob_share, hatching
-from fststyle.compare import scoring_loss, style_images
+from bench.artefacts import held_out
+from fststyle.compare import style_images
 from fststyle.images import image_files, labelled_grid, load_image, save_image
 from fststyle.style_model import StyleModel
-
-
-@torch.no_grad()
-def score(model: StyleModel, photos: list[torch.Tensor]) -> dict[str, float]:
-    """Mean content loss, style loss, hatching and blobs of a one-style model's outputs for photos (each 1,3,H,W)."""
-    loss = scoring_loss(model, torch.device("cpu"), style_images(model))
-    sums = {"content": 0.0, "style": 0.0, "hatching": 0.0, "blobs": 0.0}
-    for photo in photos:
-        output = model.network(photo)
-        terms = loss(output, photo)
-        sums["content"] += float(terms["content"]) / len(photos)
-        sums["style"] += float(terms["style"]) / len(photos)
-        sums["hatching"] += float(hatching(output, photo)[0]) / len(photos)
-        sums["blobs"] += float(blob_share(output, photo)[0]) / len(photos)
-    return sums
 
 
 @torch.no_grad()
@@ -78,9 +63,9 @@ def main() -> None:
     print("| style | model | content | style | hatching | blobs | content ratio | style ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for name in model.style_names:
-        rows = [(f"one-style {label}", score(single, photos)) for label, single in singles
+        rows = [(f"one-style {label}", held_out(single, photos, style_images(single))) for label, single in singles
                 if single.style_names == [name]]
-        rows.append(("multi-style", score(model.select(name), photos)))
+        rows.append(("multi-style", held_out(model.select(name), photos, style_images(model.select(name)))))
         reference = rows[0][1] if len(rows) > 1 else None
         for label, scores in rows:
             ratios = ("", "") if reference is None else (f"{scores['content'] / reference['content']:.2f}",
