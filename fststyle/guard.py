@@ -13,16 +13,25 @@ ends the run and ``fststyle.training`` exports the style model from that checkpo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 HEALTHY_CHECKPOINT = "healthy.ckpt"
+FIGURES = ("blobs", "hatching")
+
+
+def artefact_figures(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The artefact figures among a trainer's metrics, without their ``val/`` prefix: ``blobs``, ``hatching``
+    and, for a network of several styles, ``<style>/blobs`` and ``<style>/hatching`` (synced over processes)."""
+    return {name[len("val/"):]: float(value) for name, value in metrics.items()
+            if name.startswith("val/") and name.rsplit("/", 1)[-1] in FIGURES}
 
 
 @dataclass
@@ -54,7 +63,7 @@ class ArtefactGuard(Callback):
         self.alarm: Alarm | None = None
         #: the step of healthy.ckpt and the artefact figures of that validation (None: none saved yet)
         self.healthy_step: int | None = None
-        self.healthy_figures: dict[str, torch.Tensor] = {}
+        self.healthy_figures: dict[str, float] = {}
         #: set when ``stop`` ended the run
         self.stopped = False
 
@@ -72,7 +81,7 @@ class ArtefactGuard(Callback):
             self.alarm = None
             trainer.save_checkpoint(self.healthy_path)
             self.healthy_step = step
-            self.healthy_figures = dict(getattr(pl_module, "artefact_figures", {}))
+            self.healthy_figures = artefact_figures(trainer.callback_metrics)
             return
         first = self.alarm is None
         self.alarm = Alarm(step, "; ".join(reasons))

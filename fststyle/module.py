@@ -153,9 +153,6 @@ class StyleTransferModule(pl.LightningModule):
         self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the global step of the latest preview grid (None: none yet)
         self.last_preview_step: int | None = None
-        #: the held-out artefact figures of the latest validation (``val/blobs``, ``val/hatching`` and per style),
-        #: as device tensors; exported models record them
-        self.artefact_figures: dict[str, torch.Tensor] = {}
 
     def _freeze_all_but_new_styles(self) -> None:
         """Fine-tuning: no gradient for the convolutions, and none for the frozen styles' rows of the S,C norm
@@ -390,8 +387,6 @@ class StyleTransferModule(pl.LightningModule):
             outputs.append(stylised.detach().float())
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,
                       batch_size=batch.shape[0])
-        self.artefact_figures = {name: value.detach() for name, value in terms.items()
-                                 if name.rsplit("/", 1)[-1] in ("blobs", "hatching")}
         self._previews.append((batch.detach(), torch.stack(outputs, dim=1)))
 
     def on_validation_epoch_end(self) -> None:

@@ -38,7 +38,7 @@ from fststyle.data import StyleDataModule
 from fststyle.devices import device_name
 from fststyle.errors import UserError
 from fststyle.files import atomic_write
-from fststyle.guard import ArtefactGuard
+from fststyle.guard import ArtefactGuard, artefact_figures
 from fststyle.images import image_files
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
 from fststyle.style_model import MAX_STYLE_NAME, StyleModel, training_metadata
@@ -401,11 +401,12 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         guard = next(c for c in trainer.callbacks if isinstance(c, ArtefactGuard))
         steps = trainer.global_step
-        if guard.stopped and guard.healthy_step is not None:  # export the weights from before the alarm
+        restored = guard.stopped and guard.healthy_step is not None
+        if restored:  # export the weights from before the alarm
             state = torch.load(guard.healthy_path, map_location="cpu", weights_only=True)["state_dict"]
             module.transformer.load_state_dict({k[len("transformer."):]: v for k, v in state.items()
                                                 if k.startswith("transformer.")})
-            module.artefact_figures, steps = guard.healthy_figures, guard.healthy_step
+            steps = guard.healthy_step
             rank_zero_info(f"artefact guard: exporting the style model of step {steps} ({guard.healthy_path})")
         elif not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
@@ -414,7 +415,8 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
             # the device it trained on: after fit, Lightning's teardown has moved the module back to the CPU
             hardware = device_name(trainer.strategy.root_device)
             hardware += f" x {trainer.world_size}" if trainer.world_size > 1 else ""
-            model_path = _export(cfg, module, run_dir, steps, hardware)
+            figures = guard.healthy_figures if restored else artefact_figures(trainer.callback_metrics)
+            model_path = _export(cfg, module, run_dir, steps, hardware, figures)
             skipped = module.skipped_images_total
             print(f"\nRun directory: {run_dir}\n"
                   f"TensorBoard:   tensorboard --logdir {run_dir}\n"
@@ -431,25 +433,26 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     return TrainResult(run_dir, model_path, trainer.global_step, module.skipped_images_total, module)
 
 
-def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, hardware: str) -> Path:
+def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, steps: int, hardware: str,
+            figures: dict[str, float]) -> Path:
     """Write the transformer as a ``.safetensors`` style model with its metadata (and single style image);
-    ``hardware`` is what it trained on (``cuda:0 (NVIDIA H100 80GB HBM3) x 8``)."""
+    ``hardware`` is what it trained on (``cuda:0 (NVIDIA H100 80GB HBM3) x 8``), ``figures`` the artefact
+    figures of its last validation."""
     hparams = module.hparams
     path = cfg.get("export_path")
     path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    metadata = training_metadata(dict(hparams), steps, hardware, _artefact_metadata(module.artefact_figures, steps))
+    metadata = training_metadata(dict(hparams), steps, hardware, _artefact_metadata(figures, steps))
     return StyleModel(module.transformer, metadata, module.model_style_images).save(path)
 
 
-def _artefact_metadata(figures: dict[str, torch.Tensor], step: int) -> dict[str, Any] | None:
+def _artefact_metadata(figures: dict[str, float], step: int) -> dict[str, Any] | None:
     """The held-out artefact figures a model records: ``{"step", "blobs", "hatching"}`` and, for a network of
     several styles, ``"styles": {name: {"blobs", "hatching"}}``; None without a validation (no preview photos).
     A hatching figure of photos without flat areas is NaN, recorded as null (JSON has no NaN)."""
     if not figures:
         return None
 
-    def number(value: torch.Tensor) -> float | None:
-        value = float(value)
+    def number(value: float) -> float | None:
         return value if value == value else None
 
     artefacts: dict[str, Any] = {"step": step}
