@@ -23,35 +23,30 @@ from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.images import IMAGE_SUFFIXES
 from fststyle.losses.perceptual import blend_weights
-from fststyle.transformer import MAX_STYLES, TransformerConfig, TransformerNet
+from fststyle.model_header import (
+    FORMAT,
+    MAX_IMAGE_SIDE,
+    METADATA_KEY,
+    REEXPORT_HINT,
+    ModelFileError,
+    check_header_size,
+    check_metadata,
+    check_styles,
+    check_transformer,
+    is_int,
+    parse_header,
+    style_names,
+)
+from fststyle.transformer import TransformerConfig, TransformerNet
+from fststyle.transformer_config import MAX_STYLES
 
-FORMAT = "fststyle.style-model/1"
-METADATA_KEY = "fststyle"
 #: one style image (or several of one size, a blend's): uint8 K*3,H,W; a model of several styles stores
 #: style i's image as ``style_image.<i>`` (3,H,W)
 STYLE_IMAGE_KEY = "style_image"
-REEXPORT_HINT = "Re-export it with `fststyle export <run>/checkpoints/last.ckpt format=safetensors`."
 
-#: fststyle's own metadata is under 1 KB (architecture, style, loss settings, steps); 1 MiB leaves room
-#: for any later fields and refuses a header that would make the JSON parser hold a large document
-MAX_METADATA_BYTES = 2**20
-#: the metadata plus one ~100-byte header entry per tensor (a network at the TransformerConfig bounds has
-#: about 550 tensors): 2 MiB is generous. safetensors itself accepts up to 100 MB.
-MAX_HEADER_BYTES = 2 * MAX_METADATA_BYTES
-#: longest side of a stored style image and of the image sizes in the metadata: a 4096 px training crop
-#: already needs a 2 GiB float32 activation for the first 32-channel layer of one image
-MAX_IMAGE_SIDE = 4096
-#: longest style name a model file may hold (names are the style images' file stems)
-MAX_STYLE_NAME = 200
 #: magic bytes of the picture formats fststyle reads (JPEG, PNG, GIF, TIFF little/big endian); WebP is
 #: "RIFF" + size + "WEBP", checked apart
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"II*\x00", b"MM\x00*")
-#: TransformerConfig's fields and their annotations (strings under ``from __future__ import annotations``)
-TRANSFORMER_FIELDS = {field.name: str(field.type) for field in dataclasses.fields(TransformerConfig)}
-
-
-class ModelFileError(UserError):
-    """A file that is not a usable fststyle style model; the message names the file and the fix."""
 
 
 @dataclasses.dataclass
@@ -70,10 +65,7 @@ class StyleModel:
     @property
     def style_names(self) -> list[str]:
         """The names of the styles the network holds, in the order of its style weights."""
-        if self.network.config.styles > 1:
-            return [entry["name"] for entry in self.metadata["styles"]]
-        style = self.metadata.get("style") or {}
-        return [str(style.get("name") or (self.path.stem if self.path is not None else "style"))]
+        return style_names(self.network.config.to_dict(), self.metadata, self.path)
 
     def select(self, style: str | Mapping[str, float] | None = None) -> StyleModel:
         """The one-style model of ``style``: the name of a style this model holds, or ``{name: weight}`` to blend
@@ -187,21 +179,18 @@ def _read_safetensors(path: Path) -> tuple[TransformerConfig, dict[str, torch.Te
     with open(path, "rb") as handle:
         head = handle.read(12)
     _refuse_images(path, head)
-    header_bytes = int.from_bytes(head[:8], "little") if len(head) >= 8 else None
-    if header_bytes is None or header_bytes > MAX_HEADER_BYTES:
-        raise ModelFileError(f"{path}: not a .safetensors style model (its header is missing or claims "
-                             f"{header_bytes} bytes, more than {MAX_HEADER_BYTES}). " + REEXPORT_HINT)
+    check_header_size(path, head)
     problem = "not a readable .safetensors file"
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
             stored = {name: _slice_info(handle.get_slice(name)) for name in handle.keys()}
-            transformer, metadata = _parse_header(path, raw)
+            transformer, metadata = parse_header(path, raw)
             image_keys = _style_image_keys(path, stored)
             for key in image_keys:
                 _check_style_image(path, *stored.pop(key))
             config = _checked_config(path, transformer, stored)
-            _check_styles(path, config, metadata, len(image_keys))
+            check_styles(path, config, metadata, len(image_keys))
             problem = "truncated or corrupt weights"
             pixels = [handle.get_tensor(key) for key in image_keys] or None
             if pixels is not None:
@@ -212,103 +201,9 @@ def _read_safetensors(path: Path) -> tuple[TransformerConfig, dict[str, torch.Te
     return config, state, metadata, pixels
 
 
-def _parse_header(path: Path, raw: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(transformer settings, metadata) of the fststyle JSON ``raw`` in the header of ``path``, their types and
-    bounds checked; the "format" and "transformer" keys save writes are not part of the metadata."""
-    if raw is None:
-        raise ModelFileError(f"{path}: a .safetensors file without fststyle metadata; "
-                             "export style models with fststyle (fststyle train writes one at the end of training).")
-    if len(raw) > MAX_METADATA_BYTES:
-        raise ModelFileError(f"{path}: its fststyle metadata is {len(raw)} bytes, more than {MAX_METADATA_BYTES}; "
-                             "not a model fststyle wrote. " + REEXPORT_HINT)
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: its fststyle metadata is not valid JSON ({error}). " + REEXPORT_HINT) from None
-    if not isinstance(header, dict):
-        raise _bad_metadata(path, f"a JSON {type(header).__name__} instead of an object")
-    if header.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unsupported style-model format {header.get('format')!r} (expected {FORMAT})")
-    metadata = {k: v for k, v in header.items() if k not in ("format", "transformer")}
-    _check_transformer(path, header.get("transformer"))
-    _check_metadata(path, metadata)
-    return header["transformer"], metadata
-
-
 def _slice_info(view: Any) -> tuple[bool, tuple[int, ...]]:
     """(is floating point, shape) of a safetensors slice, read from the header (dtype names as in the format)."""
     return view.get_dtype() in ("F16", "BF16", "F32", "F64"), tuple(view.get_shape())
-
-
-def _bad_metadata(path: Path, what: str) -> ModelFileError:
-    return ModelFileError(f"{path}: bad style-model metadata: {what}. " + REEXPORT_HINT)
-
-
-def _check_transformer(path: Path, transformer: Any) -> None:
-    """Raise ModelFileError unless ``transformer`` maps TransformerConfig fields to values of their types."""
-    if not isinstance(transformer, dict):
-        raise _bad_metadata(path, "no 'transformer' object (the network's architecture)")
-    for key, value in transformer.items():
-        if key not in TRANSFORMER_FIELDS:
-            raise _bad_metadata(path, f"unknown transformer setting {key!r}")
-        if not _has_type(value, TRANSFORMER_FIELDS[key]):
-            raise _bad_metadata(path, f"transformer.{key} is {value!r}, not {TRANSFORMER_FIELDS[key]}")
-
-
-def _check_metadata(path: Path, info: dict[str, Any]) -> None:
-    """Raise ModelFileError unless ``info`` has the types and bounds of the metadata fststyle writes and reads."""
-    def bad(what: str) -> ModelFileError:
-        return _bad_metadata(path, what)
-
-    for key in ("style", "loss"):
-        if not isinstance(info.get(key) or {}, dict):
-            raise bad(f"'{key}' is {type(info[key]).__name__}, not an object")
-    style = info.get("style") or {}
-    for key, value in (("image_size", info.get("image_size")), ("style.size", style.get("size"))):
-        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_IMAGE_SIDE):
-            raise bad(f"{key} is {value!r}, not a side in 1..{MAX_IMAGE_SIDE} px")
-    if info.get("steps") is not None and (not _is_int(info["steps"]) or info["steps"] < 0):
-        raise bad(f"steps is {info['steps']!r}")
-    if info.get("hardware") is not None and not isinstance(info["hardware"], str):
-        raise bad(f"hardware is {type(info['hardware']).__name__}, not a string")
-    artefacts = info.get("artefacts")
-    if artefacts is not None and not _is_artefact_record(artefacts, nested=True):
-        raise bad(f"artefacts is {artefacts!r}, not {{'step': int, 'blobs': number, 'hatching': number}}")
-    blend = style.get("blend")
-    if blend is not None and (not isinstance(blend, list) or len(blend) > MAX_STYLES
-                              or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in blend)):
-        raise bad(f"style.blend is {blend!r}, not a list of numbers")
-
-
-def _is_artefact_record(record: Any, nested: bool) -> bool:
-    """Whether ``record`` is an artefacts entry: numbers (or null) for blobs and hatching, a step, and (``nested``)
-    one such entry per style under ``styles``."""
-    if not isinstance(record, dict) or len(record) > MAX_STYLES + 4:
-        return False
-    for key, value in record.items():
-        if key == "styles" and nested:
-            if not isinstance(value, dict) or not all(isinstance(name, str) and _is_artefact_record(entry, False)
-                                                      for name, entry in value.items()):
-                return False
-        elif key == "step" and nested:
-            if not _is_int(value):
-                return False
-        elif key not in ("blobs", "hatching") or not (value is None or _has_type(value, "float")):
-            return False
-    return True
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _has_type(value: Any, annotation: str) -> bool:
-    """Whether a JSON value fits a TransformerConfig annotation (an int is a float; a bool is no number)."""
-    if annotation == "bool":
-        return isinstance(value, bool)
-    if annotation == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return _is_int(value) if annotation == "int" else isinstance(value, str)
 
 
 def _style_image_keys(path: Path, stored: dict[str, tuple[bool, tuple[int, ...]]]) -> list[str]:
@@ -320,26 +215,6 @@ def _style_image_keys(path: Path, stored: dict[str, tuple[bool, tuple[int, ...]]
     if count > MAX_STYLES or any(key not in stored for key in keys):
         raise ModelFileError(f"{path}: its stored style images are not numbered 0..{count - 1}. " + REEXPORT_HINT)
     return keys
-
-
-def _check_styles(path: Path, config: TransformerConfig, metadata: dict[str, Any], images: int) -> None:
-    """A network of several styles needs ``styles``: one ``{"name", "steps"}`` entry per style, distinct names,
-    and, when images are stored, one per style."""
-    styles = metadata.get("styles")
-    if config.styles == 1:
-        if styles is not None:
-            raise _bad_metadata(path, "'styles' is listed for a network of one style")
-        return
-    if not isinstance(styles, list) or len(styles) != config.styles:
-        raise _bad_metadata(path, f"the network holds {config.styles} styles, but 'styles' is {styles!r}")
-    for entry in styles:
-        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-                and 0 < len(entry["name"]) <= MAX_STYLE_NAME and _is_int(entry.get("steps")) and entry["steps"] >= 0):
-            raise _bad_metadata(path, f"styles entry {entry!r} is not {{'name': str, 'steps': int}}")
-    if len({entry["name"] for entry in styles}) != len(styles):
-        raise _bad_metadata(path, "two styles share a name")
-    if images not in (0, config.styles):
-        raise _bad_metadata(path, f"{images} style images stored for {config.styles} styles")
 
 
 def _check_style_image(path: Path, floating: bool, shape: tuple[int, ...]) -> None:
@@ -408,11 +283,11 @@ def _read_checkpoint(path: Path) -> tuple[TransformerConfig, dict[str, torch.Ten
     if not state or not isinstance(hparams, dict) or not isinstance(hparams.get("transformer"), dict):
         raise ModelFileError(f"{path}: a Lightning checkpoint without an fststyle transformer")
     step = checkpoint.get("global_step", 0)
-    metadata = training_metadata(hparams, steps=step if _is_int(step) else 0)
-    _check_transformer(path, hparams["transformer"])
-    _check_metadata(path, metadata)
+    metadata = training_metadata(hparams, steps=step if is_int(step) else 0)
+    check_transformer(path, hparams["transformer"])
+    check_metadata(path, metadata)
     config = _checked_config(path, hparams["transformer"],
                              {k: (v.dtype.is_floating_point, tuple(v.shape)) for k, v in state.items()})
-    _check_styles(path, config, metadata, 0)
+    check_styles(path, config, metadata, 0)
     return config, state, metadata
 

@@ -40,8 +40,9 @@ from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.guard import ArtefactGuard, artefact_figures
 from fststyle.images import image_files
+from fststyle.model_header import MAX_STYLE_NAME
 from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
-from fststyle.style_model import MAX_STYLE_NAME, StyleModel, training_metadata
+from fststyle.style_model import StyleModel, training_metadata
 
 LAST_CHECKPOINT = "last.ckpt"
 #: how a list of style images trains: blend (one style from their blended Gram targets) | multi (one network,
@@ -301,7 +302,7 @@ def _style(cfg: dict[str, Any], base: StyleModel | None = None) -> dict[str, Any
     if len(names) != len(paths):
         raise UserError(f"style_names= has {len(names)} names for {len(paths)} style images; give one per image")
     for index, name in enumerate(names):
-        # the model file's check (style_model.MAX_STYLE_NAME), and the exported file is named after the styles
+        # the model file's check (model_header.MAX_STYLE_NAME), and the exported file is named after the styles
         if not 0 < len(name) <= MAX_STYLE_NAME or "/" in name or "\\" in name:
             raise UserError(f"style_names= {name!r} is not a style name: give 1 to {MAX_STYLE_NAME} characters "
                             "without / or \\ (the model file is named after its styles)")

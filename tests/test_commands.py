@@ -121,6 +121,15 @@ def test_models_lists_the_shipped_models_with_their_training(tmp_path: Path) -> 
     assert "starry_night, the_scream, udnie" in line
 
 
+def test_models_reads_headers_without_importing_torch(tmp_path: Path) -> None:
+    """fststyle models reads three file headers: it must not pay torch's import (issue: 3.3 s and 840 MB)."""
+    code = ("import sys\nfrom fststyle.cli.main import main\ntry:\n    main(['models'])\nexcept SystemExit as end:\n"
+            "    assert not end.code, end.code\nprint(sorted({'torch', 'torchvision', 'pytorch_lightning'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    assert "starry_night" in result.stdout
+
+
 def test_export_a_shipped_model_by_name_into_the_working_directory(tmp_path: Path) -> None:
     result = fststyle("export", "starry_night", "format=torchscript", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from fststyle.bundled import shipped_models
+from fststyle.model_header import read_model_header, style_names
 from fststyle.style_model import ModelFileError, StyleModel
 from fststyle.transformer import TransformerNet
 
@@ -90,6 +92,8 @@ def test_pickle_carrying_code_is_refused_without_running(tmp_path):
 #: seconds, and the peak resident set above the baseline after importing fststyle.
 _REFUSAL_PROBE = """
 import json, resource, sys, time
+from fststyle.bundled import shipped_models
+from fststyle.model_header import read_model_header, style_names
 from fststyle.style_model import ModelFileError, StyleModel
 
 def status_kb(field):
@@ -173,17 +177,28 @@ def test_metadata_fields_are_type_and_bound_checked(tmp_path, change, message):
         StyleModel.load(bad)
 
 
-def test_oversized_or_unparseable_metadata_is_refused(tmp_path):
+@pytest.mark.parametrize("read", [StyleModel.load, read_model_header], ids=["load", "header only"])
+def test_oversized_or_unparseable_metadata_is_refused(tmp_path, read):
     path = StyleModel(TransformerNet(width=0.25, residual_blocks=1), {}).save(tmp_path / "m.safetensors")
     info = read_header(path)
     padded = _with_metadata(path, tmp_path / "padded.safetensors", json.dumps({**info, "notes": "x" * 3 * 2**20}))
     with pytest.raises(ModelFileError, match="header is missing or claims .* bytes, more than 2097152"):
-        StyleModel.load(padded)
+        read(padded)
     nested = _with_metadata(path, tmp_path / "nested.safetensors", "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ModelFileError, match="metadata is not valid JSON"):
-        StyleModel.load(nested)
+        read(nested)
     with pytest.raises(ModelFileError, match="a JSON list instead of an object"):
-        StyleModel.load(_with_metadata(path, tmp_path / "list.safetensors", "[1, 2]"))
+        read(_with_metadata(path, tmp_path / "list.safetensors", "[1, 2]"))
+
+
+@pytest.mark.parametrize("name", sorted(shipped_models()))
+def test_the_header_alone_gives_what_loading_gives(name):
+    """fststyle models reads only the header: the same architecture, metadata and style names as a full load."""
+    path = shipped_models()[name]
+    model = StyleModel.load(path)
+    transformer, metadata = read_model_header(path)
+    assert transformer == model.network.config.to_dict() and metadata == model.metadata
+    assert style_names(transformer, metadata, path) == model.style_names
 
 
 @pytest.mark.parametrize("name", ["photo.jpg", "photo.safetensors"])

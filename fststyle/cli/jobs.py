@@ -389,14 +389,12 @@ def models() -> int:
     the held-out artefact figures recorded at training, fststyle.artefacts); a model of several styles lists
     them all (style=NAME chooses one at stylize)."""
     from fststyle.bundled import shipped_models
-    from fststyle.style_model import StyleModel
+    from fststyle.model_header import read_model_header, style_names
 
     rows = [("name", "style", "size", "steps", "trained on", "blobs", "hatching", "file")]
     for name, path in shipped_models().items():
-        model = StyleModel.load(path)
-        metadata = model.metadata
-        style = metadata.get("style") or {}
-        styles = ", ".join(model.style_names) if model.network.config.styles > 1 else str(style.get("name", "?"))
+        transformer, metadata = read_model_header(path)  # the header alone: no torch, no weights read
+        styles = ", ".join(style_names(transformer, metadata, path))
         artefacts = metadata.get("artefacts") or {}
         blobs, hatching = artefacts.get("blobs"), artefacts.get("hatching")
         rows.append((name, styles, f"{metadata.get('image_size', '?')} px",
