@@ -7,6 +7,7 @@ Hydra entry point that composes it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -48,6 +49,14 @@ LAST_CHECKPOINT = "last.ckpt"
 #: how a list of style images trains: blend (one style from their blended Gram targets) | multi (one network,
 #: each image a style with its own instance-norm scale and shift, Dumoulin et al. 2017)
 STYLE_MODES = ("blend", "multi")
+#: what Lightning warns when fit(ckpt_path=None) finds no last checkpoint of InterruptCheckpoint's: a fresh run
+NO_LAST_CHECKPOINT_WARNINGS = (r"`\.fit\(ckpt_path=None\)` was called without a model|"
+                               r"\.fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint")
+
+
+def without_advertisements(record: logging.LogRecord) -> bool:
+    """A logging filter that drops Lightning's tip to install its cloud logger (printed at every run's start)."""
+    return "try installing [litlogger]" not in record.getMessage()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -381,6 +390,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     cfg = plain_config(cfg)
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(without_advertisements)
     run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # checked before the networks and data are built
@@ -390,6 +400,13 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     datamodule = data_module(cfg["data"])
     module = build_module(cfg)
     checkpoints = run_dir / "checkpoints"
+    if ckpt_path is None and (checkpoints / LAST_CHECKPOINT).is_file():
+        # Lightning resumes a run directory's last.ckpt by itself (InterruptCheckpoint is an OnExceptionCheckpoint):
+        # a requeued job with a fixed run directory goes on; say so rather than do it silently
+        ckpt_path = checkpoints / LAST_CHECKPOINT
+        rank_zero_info(f"Resuming from {ckpt_path}: the run directory's last checkpoint (another run_dir starts afresh)")
+    elif ckpt_path is None:  # the same lookup finds nothing and warns twice about it: noise we cause
+        warnings.filterwarnings("ignore", message=NO_LAST_CHECKPOINT_WARNINGS)
     plugins = [AtomicCheckpointIO(), *(trainer_args.pop("plugins", None) or [])]
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,21 @@ HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "o
 def tiny_run(tiny_config, tmp_path_factory: pytest.TempPathFactory):
     """One 4-step training run (checkpoints and previews every 2 steps; LR halved every 2 steps)."""
     return train(tiny_config(tmp_path_factory.mktemp("run"), "trainer.max_steps=4", *HALVE_LR_EVERY_2_STEPS))
+
+
+def test_a_fresh_run_logs_no_lightning_noise_and_a_rerun_says_it_resumes(tiny_config, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning's two ckpt_path warnings and its cloud-logger tip are noise we cause; resuming is said aloud."""
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        train(tiny_config(tmp_path, "trainer.max_steps=2"))
+    said = [str(w.message) for w in caught] + [record.getMessage() for record in caplog.records]
+    assert not [line for line in said if "ckpt_path" in line or "litlogger" in line], said
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(tmp_path, "trainer.max_steps=4"))
+    assert any(record.getMessage().startswith(f"Resuming from {tmp_path / 'checkpoints' / 'last.ckpt'}")
+               for record in caplog.records), caplog.text
 
 
 def test_transformer_gets_gradients_and_vgg_none(tiny_config, tmp_path: Path) -> None:
