@@ -18,11 +18,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from fststyle.blend import blend_weights
 from fststyle.bundled import find_model
 from fststyle.errors import UserError
 from fststyle.files import atomic_write
 from fststyle.images import IMAGE_SUFFIXES
-from fststyle.losses.perceptual import blend_weights
 from fststyle.model_header import (
     FORMAT,
     MAX_IMAGE_SIDE,

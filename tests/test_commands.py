@@ -130,6 +130,18 @@ def test_models_reads_headers_without_importing_torch(tmp_path: Path) -> None:
     assert "starry_night" in result.stdout
 
 
+def test_stylize_imports_neither_the_losses_nor_lightning(tmp_path: Path) -> None:
+    """Stylising a photo needs the network alone: torchvision's model zoo (through the losses) and Lightning
+    cost seconds of start-up that the photo does not need."""
+    Image.new("RGB", (40, 30), "teal").save(tmp_path / "photo.jpg")
+    code = ("import sys\nfrom fststyle.cli.main import main\ntry:\n    main(['stylize', 'photo.jpg', '-m', 'starry_night', "
+            "'-o', 'out.jpg', 'device=cpu'])\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+            "print(sorted({'torchvision', 'pytorch_lightning', 'fststyle.losses'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    assert Image.open(tmp_path / "out.jpg").size == (40, 30)
+
+
 def test_export_a_shipped_model_by_name_into_the_working_directory(tmp_path: Path) -> None:
     result = fststyle("export", "starry_night", "format=torchscript", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

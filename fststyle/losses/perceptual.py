@@ -10,23 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from fststyle.blend import blend_weights
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
 from fststyle.vgg import VGGFeatures
 
 Features = dict[str, torch.Tensor]
 #: the summed terms every ``PerceptualLoss`` returns (besides one ``content.<layer>`` / ``style.<layer>`` per layer)
 LOSS_TERMS = ("content", "style", "tv", "total")
-
-
-def blend_weights(count: int, blend: Sequence[float] | None) -> list[float]:
-    """Normalised, validated blend weights for ``count`` style images (equal weights when ``blend`` is None)."""
-    if blend is None:
-        return [1.0 / count] * count
-    if len(blend) != count:
-        raise ValueError(f"got {count} style images but {len(blend)} blend weights; give one weight per style")
-    if any(w < 0 for w in blend) or sum(blend) <= 0:
-        raise ValueError(f"blend weights must be >= 0 with a positive sum, got {list(blend)}")
-    return [float(w) / sum(blend) for w in blend]
 
 
 class StyleLoss(nn.Module):
