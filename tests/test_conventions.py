@@ -1,4 +1,5 @@
-"""Tests and benchmarks use fststyle's public API, and tests share helpers through conftest.py only."""
+"""Tests and benchmarks use fststyle's public API, tests share helpers through conftest.py only, and fststyle's
+modules import one another one way."""
 
 from __future__ import annotations
 
@@ -25,3 +26,28 @@ def test_no_test_or_benchmark_imports_private_names_or_test_modules(repo: Path) 
                     if module.split(".")[0] in ("tests", "conftest") or module.split(".")[-1].startswith("test_")]
     assert not private, f"private fststyle names (make them public or test through the public API): {private}"
     assert not test_modules, f"tests importing test modules (share through tests/conftest.py fixtures): {test_modules}"
+
+
+def test_fststyle_modules_import_one_way(repo: Path) -> None:
+    """No import cycle among fststyle's modules, deferred imports inside functions included: a cycle means two
+    modules that cannot be read, tested or moved apart (cli/arguments.py and cli/config.py were one)."""
+    package = repo / "fststyle"
+    modules = {".".join(p.relative_to(repo).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in package.rglob("*.py")}
+    graph = {name: {target for module, imported in imports(path)
+                    for target in (module, f"{module}.{imported}") if target in modules and target != name}
+             for name, path in modules.items()}
+    cycles, finished = [], set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        for target in sorted(graph[name]):
+            if target in trail:
+                cycles.append(" -> ".join([*trail[trail.index(target):], target]))
+            elif target not in finished:
+                visit(target, [*trail, target])
+        finished.add(name)
+
+    for name in sorted(graph):
+        if name not in finished:
+            visit(name, [name])
+    assert not cycles, f"import cycles: {cycles}"

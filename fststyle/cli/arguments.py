@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fststyle.cli.config import OPEN_MAPPINGS, compose
 from fststyle.errors import UserError
 
 #: settings whose values are file or folder paths (last component of the dotted key)
@@ -26,8 +27,6 @@ PATH_SETTINGS = frozenset({
     "model", "input", "output", "content", "style", "content_masks", "style_masks", "grid", "init",
     "save_dir", "tensorboard", "root", "preview", "cache_dir", "ckpt_path", "export_path", "weights", "ann_file",
 })
-#: mappings whose entries a user may add with ``+key=value`` (layer weights, extra callbacks)
-OPEN_MAPPINGS = frozenset({"content_layers", "style_layers", "callbacks"})
 #: Hydra command-line flags that take a value as the next argument
 _FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg", "-c",
                      "--package", "-p", "--info", "-i", "--experimental-rerun"}
@@ -154,8 +153,6 @@ def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
 def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]) -> None:
     """Compose ``config_name`` with ``overrides`` as Hydra will; raise UserError (one line) if it fails."""
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-
-    from fststyle.cli.config import compose
 
     def composed(chosen: Sequence[str]) -> DictConfig:
         return compose(config_name, chosen, folder=config_dir)

@@ -1,5 +1,6 @@
 """The jobs' Hydra configs: composing them, the ``${bundled:...}`` paths in them, and the description of
-every setting (the comment beside it in its YAML file) that ``--help`` lists."""
+every setting (the comment beside it in its YAML file) that ``--help`` lists. The command line's checks
+(fststyle.cli.arguments) build on this module, never the other way."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fststyle.bundled import bundled_path, config_dir
-from fststyle.cli.arguments import OPEN_MAPPINGS
 
 
 def register_resolvers() -> None:
@@ -22,6 +22,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("bundled", lambda relative: str(bundled_path(relative)))
 
 
+#: mappings whose entries a user may add with ``+key=value`` (layer weights, extra callbacks): ``--help`` lists
+#: each as one setting, and the command line replaces one written whole
+OPEN_MAPPINGS = frozenset({"content_layers", "style_layers", "callbacks"})
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<rest>.*)$")
 
 
