@@ -47,9 +47,8 @@ def clips(size: tuple[int, int], frames: int, noise: float, pan: int,
     photo = load_image(photo_path if Path(photo_path).is_file() else bundled_path(photo_path))
     scale = max((width + frames * pan) / photo.shape[-1], (height + frames * pan // 3) / photo.shape[-2])
     photo = torch.nn.functional.interpolate(photo, scale_factor=scale, mode="bilinear", antialias=True)[0].clamp(0, 1)
-    generator = torch.Generator().manual_seed(0)
     view = photo[:, :height, :width]
-    still = (view + noise / 255 * torch.randn((frames, *view.shape), generator=generator)).clamp(0, 1)
+    still = noisy(view.expand(frames, *view.shape), noise, seed=0)
     pan_clip = torch.stack([photo[:, t * pan // 3:t * pan // 3 + height, t * pan:t * pan + width]
                             for t in range(frames)])
     patch = photo[:, -height // 3:, -width // 3:].flip(-1)  # another part of the photo, moving over the view
@@ -71,9 +70,9 @@ def flicker(clip: torch.Tensor) -> float:
     return (clip[1:] - clip[:-1]).abs().mean().item()
 
 
-def noisy(clip: torch.Tensor, noise: float) -> torch.Tensor:
-    """``clip`` T,3,H,W with fresh Gaussian sensor noise of sigma ``noise`` levels of 255 per frame (seeded)."""
-    generator = torch.Generator().manual_seed(1)
+def noisy(clip: torch.Tensor, noise: float, seed: int) -> torch.Tensor:
+    """``clip`` T,3,H,W with fresh Gaussian sensor noise of sigma ``noise`` levels of 255 per frame (from ``seed``)."""
+    generator = torch.Generator().manual_seed(seed)
     return (clip + noise / 255 * torch.randn(clip.shape, generator=generator)).clamp(0, 1)
 
 
@@ -88,7 +87,7 @@ def table(args: argparse.Namespace, size: tuple[int, int]) -> None:
             stylizer = Stylizer.load(name, device="cpu", style=style or None)
             for noise in args.noises:
                 still, pan, _ = clips(size, args.frames, noise, args.pan, photo)
-                pan_noisy = noisy(pan, noise)
+                pan_noisy = noisy(pan, noise, seed=1)
                 still_styled, pan_styled, pan_noisy_styled = stylizer(still), stylizer(pan), stylizer(pan_noisy)
                 smoother = FlowSmoother()
                 ratio = flicker(smoothed(still, still_styled, smoother)[0]) / flicker(still_styled)

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from fststyle.errors import UserError
 from fststyle.transformer_config import MAX_STYLES, TransformerConfig
 
@@ -31,17 +33,17 @@ TRANSFORMER_FIELDS = {field.name: str(field.type) for field in dataclasses.field
 
 
 def read_model_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(transformer settings, metadata) of the ``.safetensors`` style model ``path``, from its JSON header alone
-    (size-checked; no tensor read), checked as parse_header checks them."""
+    """(transformer settings, metadata) of the ``.safetensors`` style model ``path``, from its header alone
+    (size-checked; no tensor read; safetensors' reader without a framework that needs torch), checked as
+    parse_header checks them."""
     with open(path, "rb") as handle:
-        header_bytes = check_header_size(path, handle.read(8))
-        raw = handle.read(header_bytes)
+        check_header_size(path, handle.read(8))
     try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError) as error:
-        raise ModelFileError(f"{path}: not a readable .safetensors file ({error}). " + REEXPORT_HINT) from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return parse_header(path, (metadata or {}).get(METADATA_KEY) if isinstance(metadata, dict) else None)
+        with safe_open(str(path), framework="numpy") as handle:
+            raw = (handle.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{path}: not a readable .safetensors file ({error}). " + REEXPORT_HINT) from error
+    return parse_header(path, raw)
 
 
 def check_header_size(path: Path, head: bytes) -> int:
@@ -54,10 +56,10 @@ def check_header_size(path: Path, head: bytes) -> int:
     return header_bytes
 
 
-def style_names(transformer: dict[str, Any], metadata: dict[str, Any], path: Path | None) -> list[str]:
-    """The names of the styles a network holds, in the order of its style weights, from its (checked) settings
-    and metadata; a one-style model without a recorded name takes its file's stem."""
-    if transformer.get("styles", 1) > 1:
+def style_names(styles: int, metadata: dict[str, Any], path: Path | None) -> list[str]:
+    """The names of the ``styles`` styles a network holds, in the order of its style weights, from its (checked)
+    metadata; a one-style model without a recorded name takes its file's stem."""
+    if styles > 1:
         return [entry["name"] for entry in metadata["styles"]]
     style = metadata.get("style") or {}
     return [str(style.get("name") or (path.stem if path is not None else "style"))]

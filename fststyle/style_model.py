@@ -65,7 +65,7 @@ class StyleModel:
     @property
     def style_names(self) -> list[str]:
         """The names of the styles the network holds, in the order of its style weights."""
-        return style_names(self.network.config.to_dict(), self.metadata, self.path)
+        return style_names(self.network.config.styles, self.metadata, self.path)
 
     def select(self, style: str | Mapping[str, float] | None = None) -> StyleModel:
         """The one-style model of ``style``: the name of a style this model holds, or ``{name: weight}`` to blend

@@ -394,7 +394,7 @@ def models() -> int:
     rows = [("name", "style", "size", "steps", "trained on", "blobs", "hatching", "file")]
     for name, path in shipped_models().items():
         transformer, metadata = read_model_header(path)  # the header alone: no torch, no weights read
-        styles = ", ".join(style_names(transformer, metadata, path))
+        styles = ", ".join(style_names(transformer.get("styles", 1), metadata, path))
         artefacts = metadata.get("artefacts") or {}
         blobs, hatching = artefacts.get("blobs"), artefacts.get("hatching")
         rows.append((name, styles, f"{metadata.get('image_size', '?')} px",
