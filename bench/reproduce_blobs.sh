@@ -20,9 +20,9 @@ recipe=(experiment=demo transformer=johnson data.kind=folder "data.root=$images"
         optimizer.bound_gradient_floor=0 style=data/styles/the_scream.jpg)
 python train.py "${recipe[@]}" trainer.max_steps=1500 "run_dir=$out/control" "hydra.run.dir=$out/control"
 declare -A arms=([clip]="optimizer.adaptive_clip=2" [floor]="optimizer.bound_gradient_floor=0.05"
-                 [augment]="data.scale_jitter=1.5 data.flip=true")
+                 [augment]="data.scale_jitter=1.5 data.flip=true" [norm]="transformer.norm=demodulated")
 running=0
-for arm in clip floor augment; do
+for arm in clip floor augment norm; do
   # shellcheck disable=SC2086  # an arm's settings are separate words; later ones override the recipe's
   OMP_NUM_THREADS=1 python train.py "${recipe[@]}" ${arms[$arm]} trainer.max_steps=1250 \
     "run_dir=$out/$arm" "hydra.run.dir=$out/$arm" > "$out/$arm.log" 2>&1 &
@@ -31,5 +31,5 @@ for arm in clip floor augment; do
 done
 wait
 PYTHONPATH=. python bench/artefacts.py "control=$out/control:step_0001250" "clip=$out/clip:step_0001250" \
-  "floor=$out/floor:step_0001250" "augment=$out/augment:step_0001250" --style data/styles/the_scream.jpg \
-  --grid "$out/artefacts.jpg"
+  "floor=$out/floor:step_0001250" "augment=$out/augment:step_0001250" "norm=$out/norm:step_0001250" \
+  --style data/styles/the_scream.jpg --grid "$out/artefacts.jpg"

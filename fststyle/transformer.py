@@ -11,6 +11,7 @@ and a forward pass takes style weights N,S that mix them (one-hot: one style; co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -110,6 +111,25 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=out)
 
 
+class DemodulatedConv2d(nn.Conv2d):
+    """A convolution whose weights are demodulated before use (Karras et al. 2020, "Analyzing and Improving the
+    Image Quality of StyleGAN", section 2.2, eq. 3): each output channel's weights are divided by their L2
+    norm and multiplied by a learned ``gain``, so the scale of the output is set by the weights alone, as for
+    unit-variance inputs, and no statistic of the data normalises it. StyleGAN2 replaced instance norm so
+    because the generator learned to make a strong local spike that dominates the norm's statistics and so
+    scales the signal everywhere else; here no such lever exists. With one style this is weight normalisation
+    (Salimans & Kingma 2016). N,Cin,H,W -> N,Cout,H',W'."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, gain: float = 1.0) -> None:
+        super().__init__(cin, cout, kernel, stride)
+        self.gain = nn.Parameter(torch.full((cout,), gain))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # 1e-8: StyleGAN2's epsilon under the square root (their official code, ``modulated_conv2d``)
+        scale = self.gain * torch.rsqrt(self.weight.square().sum(dim=(1, 2, 3)) + 1e-8)
+        return self._conv_forward(x, self.weight * scale[:, None, None, None], self.bias)
+
+
 class OutputConv(nn.Conv2d):
     """The last convolution (3 output channels); with ``four_channels`` it runs with a 4th, all-zero output
     channel that is then dropped: oneDNN is more than 2x faster with 4 output channels than 3 (measured:
@@ -157,13 +177,21 @@ class StyledSequential(nn.Sequential):
 
 
 class ConvNormAct(StyledSequential):
-    """Reflection pad + conv (+ norm + ReLU): N,Cin,H,W -> N,Cout,H/stride,W/stride."""
+    """Reflection pad + conv (+ norm + ReLU): N,Cin,H,W -> N,Cout,H/stride,W/stride. ``norm=None``: the output
+    layer. ``norm="demodulated"``: the norm is the convolution's own demodulation (the output layer's too, as
+    every convolution of StyleGAN2 is modulated); its gain starts at sqrt(2) before a ReLU, which keeps the
+    second moment of unit-variance maps (He et al. 2015), else at 1."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, norm: str | None = "instance",
                  relu: bool = True, styles: int = 1) -> None:
-        conv = nn.Conv2d(cin, cout, kernel, stride) if norm is not None else OutputConv(cin, cout, kernel, stride)
+        if norm is None:
+            conv: nn.Conv2d = OutputConv(cin, cout, kernel, stride)
+        elif norm == "demodulated":
+            conv = DemodulatedConv2d(cin, cout, kernel, stride, gain=math.sqrt(2) if relu else 1.0)
+        else:
+            conv = nn.Conv2d(cin, cout, kernel, stride)
         layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), conv]
-        if norm is not None:
+        if norm not in (None, "demodulated"):
             layers.append(_norm(norm, cout, styles))
         if relu:
             layers.append(nn.ReLU(inplace=True))
@@ -180,6 +208,11 @@ class ResidualBlock(nn.Module):
             ConvNormAct(channels, channels, 3, norm=norm, styles=styles),
             ConvNormAct(channels, channels, 3, norm=norm, relu=False, styles=styles),
         )
+        if norm == "demodulated":
+            # Each block starts as the identity, as zeroing the scale of each block's last norm does (Goyal et al.
+            # 2017, "Accurate, Large Minibatch SGD", section 5.1): with no norm to rescale their sum, the maps
+            # grew 1.4x per block at initialisation.
+            nn.init.zeros_(self.body[1][1].gain)
 
     def forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         return x + self.body(x, style_weights)
@@ -234,7 +267,9 @@ class TransformerNet(nn.Module):
         self.decoder = StyledSequential(
             UpsampleConv(c3, c2, norm, self.config.upsample, styles),
             UpsampleConv(c2, c1, norm, self.config.upsample, styles),
-            ConvNormAct(c1, 3, 9, norm=None, relu=False),
+            # demodulated too: the first run with a plain output layer had every output pixel pinned by the
+            # bound by step 29 (docs/artefacts.md), as Adam's steps on its 2,592 weights added up unscaled
+            ConvNormAct(c1, 3, 9, norm="demodulated" if norm == "demodulated" else None, relu=False),
         )
 
     def forward(self, images: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
@@ -306,7 +341,7 @@ class TransformerNet(nn.Module):
         return self
 
     def instance_norms(self) -> list[InstanceNorm2d]:
-        """The network's instance norms in forward order (empty for batch norm)."""
+        """The network's instance norms in forward order (empty for batch norm and demodulation)."""
         return [module for module in self.modules() if isinstance(module, InstanceNorm2d)]
 
     @contextmanager

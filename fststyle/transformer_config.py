@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-NORMS = ("instance", "batch")
+#: instance (Ulyanov et al. 2016); batch (Johnson et al. 2016); demodulated: no statistic of the data, each
+#: convolution's weights divided by their norm per output channel (Karras et al. 2020, StyleGAN2, eq. 3), a
+#: normalisation that a local spike in the maps cannot dominate (the blob ablation, docs/artefacts.md)
+NORMS = ("instance", "batch", "demodulated")
 UPSAMPLINGS = ("nearest", "transposed")
 #: Bounds on what a config (also one read from an untrusted model file) may ask for. The field's networks
 #: stay far below them: Johnson et al. 2016 use 5 residual blocks of 128 channels, the ResNet generator of
@@ -45,6 +48,9 @@ class TransformerConfig:
                              f"got {self.base_channels} * {self.width}")
         if not 1 <= self.styles <= MAX_STYLES:
             raise ValueError(f"styles must be in 1..{MAX_STYLES}, got {self.styles}")
+        if self.norm == "demodulated" and self.upsample != "nearest":
+            raise ValueError("norm=demodulated needs upsample=nearest (its convolutions are the demodulated ones), "
+                             f"got {self.upsample!r}")
         if self.styles > 1 and self.norm != "instance":
             raise ValueError(f"styles={self.styles} needs norm=instance (conditional instance norm), got {self.norm!r}")
 

@@ -21,9 +21,10 @@ def read_header(path: Path) -> dict:
         return json.loads(handle.metadata()["fststyle"])
 
 
-def test_round_trip_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("norm", ["batch", "demodulated"])
+def test_round_trip_is_bit_identical(tmp_path, norm):
     torch.manual_seed(0)
-    net = TransformerNet(width=0.25, residual_blocks=2, norm="batch").eval()
+    net = TransformerNet(width=0.25, residual_blocks=2, norm=norm).eval()
     style = torch.rand(1, 3, 10, 12).transpose(-1, -2)  # non-contiguous, as a cropped/resized image can be
     path = StyleModel(net, {"style": {"name": "x"}, "steps": 7}, [style]).save(tmp_path / "m.safetensors")
     loaded = StyleModel.load(path)
@@ -31,7 +32,7 @@ def test_round_trip_is_bit_identical(tmp_path):
     x = torch.rand(2, 3, 30, 22)
     with torch.no_grad():
         assert torch.equal(net(x), loaded.network(x))
-    assert loaded.metadata["steps"] == 7 and loaded.network.config.norm == "batch"
+    assert loaded.metadata["steps"] == 7 and loaded.network.config.norm == norm
     assert loaded.metadata["style"] == {"name": "x"}
 
 

@@ -9,6 +9,7 @@ from fststyle.images import load_image
 from fststyle.style_model import StyleModel
 from fststyle.transformer import (
     SATURATION_MARGIN,
+    DemodulatedConv2d,
     OutputConv,
     TransformerConfig,
     TransformerNet,
@@ -24,8 +25,9 @@ def test_output_has_exactly_the_input_size(size):
     assert out.min() >= 0 and out.max() <= 1
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch"])
-@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+@pytest.mark.parametrize(("norm", "upsample"), [("instance", "nearest"), ("instance", "transposed"),
+                                                ("batch", "nearest"), ("batch", "transposed"),
+                                                ("demodulated", "nearest")])
 def test_every_option_trains(norm, upsample):
     net = TransformerNet(TransformerConfig(width=0.25, residual_blocks=2, norm=norm, upsample=upsample))
     x = torch.rand(2, 3, 20, 28)
@@ -56,6 +58,37 @@ def test_invalid_options_are_rejected():
         TransformerConfig(norm="layer")
     with pytest.raises(ValueError, match="upsample"):
         TransformerConfig(upsample="bilinear")
+    with pytest.raises(ValueError, match="norm=demodulated needs upsample=nearest"):
+        TransformerConfig(norm="demodulated", upsample="transposed")
+    with pytest.raises(ValueError, match="needs norm=instance"):
+        TransformerConfig(norm="demodulated", styles=2)
+
+
+@pytest.mark.parametrize(("norm", "reaches_far_pixels"), [("instance", True), ("demodulated", False)])
+def test_a_local_spike_moves_far_pixels_only_through_instance_norm(norm, reaches_far_pixels):
+    """The StyleGAN2 analysis (Karras et al. 2020, section 2.1): a strong spike in one corner changes instance
+    norm's statistics, so the output everywhere; a demodulated network has no statistic of the data, so the
+    pixels beyond the receptive field of the spike stay exactly as they were."""
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerConfig(width=0.25, residual_blocks=1, norm=norm)).eval()
+    photo = torch.rand(1, 3, 160, 160)
+    spiked = photo.clone()
+    spiked[..., :8, :8] = 50.0
+    with torch.no_grad():
+        far = (net(spiked) - net(photo))[..., 96:, 96:].abs().max()  # 88+ px away; the spike reaches 15 px past itself
+    assert (float(far) > 1e-3) is reaches_far_pixels
+
+
+def test_demodulated_convolutions_ignore_the_scale_of_their_weights():
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerConfig(width=0.25, residual_blocks=1, norm="demodulated")).eval()
+    photo = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        before = net(photo)
+        for conv in net.modules():
+            if isinstance(conv, DemodulatedConv2d):
+                conv.weight.mul_(7.0)
+        torch.testing.assert_close(net(photo), before, atol=1e-6, rtol=0)
 
 
 def test_saturated_share_counts_pure_black_and_white_pixels_only():
