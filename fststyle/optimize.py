@@ -24,11 +24,11 @@ from fststyle.color import match_luminance, preserve_colors
 from fststyle.errors import UserError
 from fststyle.images import longer_side_size
 from fststyle.losses import (
-    LOSS_TERMS,
     GramStyleLoss,
     MRFStyleLoss,
     PerceptualLoss,
     SpatialGramStyleLoss,
+    term_names,
 )
 from fststyle.losses.mrf import PatchSizeError
 from fststyle.memory import PeakMemory
@@ -225,7 +225,7 @@ def _working_loss(loss: PerceptualLoss, masked: bool) -> PerceptualLoss:
     if not isinstance(loss.style, GramStyleLoss):
         raise ValueError(f"content_masks need the Gram style loss (engine=gatys); this loss uses "
                          f"{type(loss.style).__name__}")
-    return loss.untargeted_copy(SpatialGramStyleLoss(loss.style.layer_weights))
+    return loss.untargeted_copy(SpatialGramStyleLoss(loss.style.layer_weights, weight=loss.style.weight))
 
 
 def _initial_image(settings: OptimizeSettings, content: torch.Tensor, styles: Sequence[torch.Tensor],
@@ -278,7 +278,7 @@ class _Recorder:
             self.step += 1
             self.bar.update(1)
         self.history.append({"level": level, "step": self.step, **terms})
-        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in LOSS_TERMS}, refresh=False)
+        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in term_names(terms)}, refresh=False)
         if self.writer is not None:
             for name, value in terms.items():
                 self.writer.add_scalar(f"optimize/{name}", value, self.step)

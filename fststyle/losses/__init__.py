@@ -1,5 +1,6 @@
-"""One loss stack for both engines: pure functions and the modules built from them."""
+"""One loss stack for both engines: pure functions, one class per term, and ``PerceptualLoss`` (VGG + terms)."""
 
+from fststyle.blend import blend_weights
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
 from fststyle.losses.mrf import (
     MRFStyleLoss,
@@ -8,26 +9,35 @@ from fststyle.losses.mrf import (
     nearest_patches,
     normalise_patches,
 )
-from fststyle.losses.perceptual import (
-    LOSS_TERMS,
-    STYLE_LOSSES,
-    GramStyleLoss,
-    PerceptualLoss,
-    StyleLoss,
-    blend_weights,
-)
+from fststyle.losses.perceptual import STYLE_LOSSES, TERM_BUILDERS, PerceptualLoss, style_term, term_names
 from fststyle.losses.spatial import SpatialGramStyleLoss, masked_gram_matrix, resize_mask
-
-STYLE_LOSSES["mrf"] = MRFStyleLoss
+from fststyle.losses.stability import StabilityLoss
+from fststyle.losses.terms import (
+    ContentLoss,
+    GramStyleLoss,
+    LossTerm,
+    PerturbationTerm,
+    PerturbedOutput,
+    Scored,
+    StyleLoss,
+    TotalVariationLoss,
+)
 
 __all__ = [
-    "LOSS_TERMS",
     "STYLE_LOSSES",
+    "TERM_BUILDERS",
+    "ContentLoss",
     "GramStyleLoss",
+    "LossTerm",
     "MRFStyleLoss",
     "PerceptualLoss",
+    "PerturbationTerm",
+    "PerturbedOutput",
+    "Scored",
     "SpatialGramStyleLoss",
+    "StabilityLoss",
     "StyleLoss",
+    "TotalVariationLoss",
     "augmented_styles",
     "blend_weights",
     "extract_patches",
@@ -37,5 +47,7 @@ __all__ = [
     "nearest_patches",
     "normalise_patches",
     "resize_mask",
+    "style_term",
+    "term_names",
     "total_variation",
 ]
