@@ -28,6 +28,7 @@ from fststyle.losses import (
     MRFStyleLoss,
     PerceptualLoss,
     SpatialGramStyleLoss,
+    StyleLoss,
     term_names,
 )
 from fststyle.losses.mrf import PatchSizeError
@@ -220,7 +221,14 @@ def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
 def _working_loss(loss: PerceptualLoss, masked: bool) -> PerceptualLoss:
     """The loss ``optimize_image`` sets its targets on: a target-free copy of the caller's on the same VGG (the
     caller's keeps its targets), with a per-region Gram style term when ``masked``."""
-    if not masked or isinstance(loss.style, SpatialGramStyleLoss):
+    if not masked:
+        return loss.untargeted_copy()
+    unmasked = [term.name for term in loss.terms.values() if isinstance(term, StyleLoss) and term.name != "style"]
+    if unmasked:
+        raise ValueError(f"content_masks bind regions to styles in the Gram style term only, and this loss also "
+                         f"has the {', '.join(unmasked)} term; set its weight to 0 "
+                         f"(engine.loss.{unmasked[0]}_weight=0)")
+    if isinstance(loss.style, SpatialGramStyleLoss):
         return loss.untargeted_copy()
     if not isinstance(loss.style, GramStyleLoss):
         raise ValueError(f"content_masks need the Gram style loss (engine=gatys); this loss uses "

@@ -2,6 +2,7 @@
 
 from fststyle.blend import blend_weights
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
+from fststyle.losses.histogram import HistogramLoss, match_histograms, sorted_mixture
 from fststyle.losses.mrf import (
     MRFStyleLoss,
     augmented_styles,
@@ -28,6 +29,7 @@ __all__ = [
     "TERM_BUILDERS",
     "ContentLoss",
     "GramStyleLoss",
+    "HistogramLoss",
     "LossTerm",
     "MRFStyleLoss",
     "PerceptualLoss",
@@ -44,9 +46,11 @@ __all__ = [
     "feature_mse",
     "gram_matrix",
     "masked_gram_matrix",
+    "match_histograms",
     "nearest_patches",
     "normalise_patches",
     "resize_mask",
+    "sorted_mixture",
     "style_term",
     "term_names",
     "total_variation",

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fststyle.blend import blend_weights
+from fststyle.losses.histogram import HistogramLoss
 from fststyle.losses.mrf import MRFStyleLoss
 from fststyle.losses.stability import StabilityLoss
 from fststyle.losses.terms import (
@@ -45,7 +46,8 @@ def style_term(config: Mapping[str, Any]) -> StyleLoss | None:
 
 #: how a loss config becomes terms, in the order the loss reports them: each reads its own keys and returns its
 #: term, or None when the term is off
-TERM_BUILDERS = (ContentLoss.from_config, style_term, TotalVariationLoss.from_config, StabilityLoss.from_config)
+TERM_BUILDERS = (ContentLoss.from_config, style_term, TotalVariationLoss.from_config, HistogramLoss.from_config,
+                 StabilityLoss.from_config)
 
 
 def term_names(keys: Iterable[str]) -> list[str]:
@@ -59,7 +61,8 @@ class PerceptualLoss(nn.Module):
     per-layer shares ``<name>.<layer>`` of the terms on VGG features, and ``total``, the sum of the terms.
 
     ``from_config`` builds ``content``, ``style`` and ``tv`` whenever they have layers (``tv`` always, 0 when off:
-    the keys every fststyle model has logged and every report shows), ``stability`` when its weight is > 0.
+    the keys every fststyle model has logged and every report shows), ``histogram`` and ``stability`` when their
+    weight is > 0.
     """
 
     def __init__(self, vgg: VGGFeatures, terms: Sequence[LossTerm]) -> None:
