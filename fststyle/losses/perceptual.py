@@ -1,7 +1,7 @@
 """``PerceptualLoss``, the one loss both engines use (training optimises a network, the optimisation engine an
 image): a frozen VGG and a list of named terms. The list is the loss: ``total`` is the sum of the terms' weighted
 values, and every name a loss reports (TensorBoard scalars, optimisation histories, the comparison's columns)
-comes from it."""
+comes from it (docs/design.md §Losses)."""
 
 from __future__ import annotations
 
