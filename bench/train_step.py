@@ -83,15 +83,16 @@ def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch
     transformer.load_state_dict(module.transformer.state_dict())
     loss = module.loss
     loss.vgg.requires_grad_(not frozen)
-    layers = [*loss.content_layers, *loss.style.layers]
+    content_term, style_term = loss.terms["content"], loss.style
+    layers = [*content_term.layers, *style_term.layers]
     optimizer = torch.optim.Adam(transformer.parameters(), lr=cfg["optimizer"]["lr"])
 
     def step(images: torch.Tensor) -> torch.Tensor:
         output = transformer(images)
         features, targets = loss.vgg(output, layers), loss.vgg(images, layers)
-        content = sum(w * feature_mse(features[k], targets[k]) for k, w in loss.content_layers.items())
-        style = sum(loss.style(features).values())
-        total = loss.content_weight * content + loss.style_weight * style
+        content = sum(w * feature_mse(features[k], targets[k]) for k, w in content_term.layer_weights.items())
+        style = sum(style_term.layer_losses(features).values())
+        total = content_term.weight * content + style_term.weight * style
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from fststyle import optimize
 from fststyle.bundled import bundled_path
 from fststyle.errors import UserError
 from fststyle.images import image_files, load_image
-from fststyle.losses import LOSS_TERMS
+from fststyle.losses import term_names
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class GatysGapCallback(pl.Callback):
     module's own ``loss`` (same network, layers, weights, style targets): the best image that loss can
     reach from that photo under ``settings``. Then, every ``every_n_steps`` steps, the network stylises the
     same photos and the callback logs, averaged over the photos, for every loss term:
-    ``gatys_gap/<term>`` = fast minus reference, and for the summed terms (``losses.LOSS_TERMS``)
+    ``gatys_gap/<term>`` = fast minus reference, and for the whole terms (``losses.term_names``)
     ``gatys_ratio/<term>`` = fast / reference (1 = as good as the optimisation). ``gatys_reference/<term>`` is logged once at the start.
     It compares one style: a fine-tune that adds one style is measured on that style; a run that trains
     several styles in one network is refused before it starts.
@@ -51,10 +51,10 @@ class GatysGapCallback(pl.Callback):
         self.progress = progress
         self._contents: list[torch.Tensor] = []
         self._reference: dict[str, float] = {}
-        #: the trained style of a network of several (a fine-tune adding one): its style weights 1,S and loss
-        #: term; None for a one-style network
+        #: the trained style of a network of several (a fine-tune adding one): its style weights 1,S and targeted
+        #: style terms (``StyleTransferModule.style_terms``); None for a one-style network
         self._style_weights: torch.Tensor | None = None
-        self._style_term: torch.nn.Module | None = None
+        self._style_terms: torch.nn.ModuleDict | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse, before any training, a run that trains several styles: the gap is one style's."""
@@ -72,7 +72,7 @@ class GatysGapCallback(pl.Callback):
         self._contents = [load_image(p, self.image_size).to(pl_module.device) for p in self.photo_paths]
         styles, blend = pl_module.style_images, (pl_module.hparams.get("style") or {}).get("blend")
         if len(getattr(pl_module, "style_terms", ())) == 1:  # the one new style of a fine-tune
-            self._style_weights, self._style_term = pl_module.style_weights([0]), pl_module.style_terms[0]
+            self._style_weights, self._style_terms = pl_module.style_weights([0]), pl_module.style_terms[0]
         # optimise against the training targets: the style image at its training size, not rescaled
         settings = dataclasses.replace(self.settings, image_size=self.image_size,
                                        style_scale=max(styles[0].shape[-2:]) / self.image_size)
@@ -82,7 +82,7 @@ class GatysGapCallback(pl.Callback):
             result = optimize.optimize_image(content, styles, pl_module.loss, settings, style_blend=blend,
                                              progress=self.progress)
             with torch.no_grad():
-                references.append(pl_module.loss(result.image.to(pl_module.device), content, style=self._style_term))
+                references.append(pl_module.loss(result.image.to(pl_module.device), content, style=self._style_terms))
         self._reference = _mean_terms(references)
         log.info("GatysGapCallback: reference for %d preview photos in %.1f s", len(self._contents),
                  time.perf_counter() - start)
@@ -102,13 +102,13 @@ class GatysGapCallback(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            fast = _mean_terms([pl_module.loss(pl_module(content, self._style_weights), content, style=self._style_term)
-                                for content in self._contents])
+            fast = _mean_terms([pl_module.loss(pl_module(content, self._style_weights), content,
+                                               style=self._style_terms) for content in self._contents])
         finally:
             pl_module.train(was_training)
         metrics = {f"gatys_gap/{term}": value - self._reference[term] for term, value in fast.items()}
         metrics.update({f"gatys_ratio/{term}": fast[term] / self._reference[term]
-                        for term in LOSS_TERMS if self._reference.get(term)})
+                        for term in term_names(fast) if self._reference.get(term)})
         return metrics
 
 

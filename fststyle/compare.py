@@ -38,7 +38,7 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
-from fststyle.losses import LOSS_TERMS, PerceptualLoss
+from fststyle.losses import PerceptualLoss, term_names
 from fststyle.memory import PeakMemory
 from fststyle.style_model import StyleModel
 from fststyle.stylize import Stylizer
@@ -371,6 +371,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md``: summary and per-photo tables, the pictures, and how to re-run the comparison."""
     model, summary = report["model"], report["summary"]
     style = model.get("style") or {}
+    # one column per whole term of the scoring loss (content, style, tv, total, and any other it has)
+    columns = next((term_names(stats["losses"]) for stats in summary["engines"].values()), [])
     lines = [
         "# Fast model vs optimisation", "",
         f"Model `{model['path']}` (style {style.get('name', '?')}, {model.get('steps')} training steps), "
@@ -379,24 +381,25 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "memory are per photo (fast: after one untimed warm-up run; CPU memory: peak resident set above the "
         "start).", "",
         "## Summary (mean ± std [min, max])", "",
-        f"| engine | photos | {' | '.join(LOSS_TERMS)} | seconds | peak MB | fast is faster by |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| engine | photos | {' | '.join(columns)} | seconds | peak MB | fast is faster by |",
+        "|" + "---|" * (len(columns) + 5),
     ]
     for engine, stats in summary["engines"].items():
         cells = [f"{_fmt(s['mean'])} ± {_fmt(s['std'])} [{_fmt(s['min'])}, {_fmt(s['max'])}]"
-                 for s in (stats["losses"][t] for t in LOSS_TERMS)]
+                 for s in (stats["losses"][t] for t in columns)]
         speedup = summary["speedup_of_fast"].get(engine)
         lines.append(f"| {engine} | {stats['photos']} | {' | '.join(cells)} | {_fmt(stats['seconds']['mean'])} | "
                      f"{_megabytes(stats['peak_memory_bytes'])} | {'-' if speedup is None else f'{speedup:.3g}x'} |")
-    lines += ["", "## Per photo", "", f"| photo | size | engine | {' | '.join(LOSS_TERMS)} | seconds | peak MB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Per photo", "", f"| photo | size | engine | {' | '.join(columns)} | seconds | peak MB |",
+              "|" + "---|" * (len(columns) + 5)]
     for row in report["photos"]:
         for engine, result in row["results"].items():
             photo = f"| [{row['name']}]({row['strip']}) | {row['width']}x{row['height']} |"
             if "error" in result:
-                lines.append(f"{photo} {engine} | **failed**: {_table_text(result['error'])} | | | | | |")
+                empty = " |" * (len(columns) + 1)  # the rest of the term columns, seconds, peak MB
+                lines.append(f"{photo} {engine} | **failed**: {_table_text(result['error'])} |{empty}")
                 continue
-            terms = " | ".join(_fmt(result["losses"][t]) for t in LOSS_TERMS)
+            terms = " | ".join(_fmt(result["losses"][t]) for t in columns)
             lines.append(f"{photo} [{engine}]({result['image']}) | {terms} | {_fmt(result['seconds'])} | "
                          f"{_megabytes(result['peak_memory_bytes'])} |")
     if report.get("overview"):

@@ -20,7 +20,7 @@ from torch import nn
 from fststyle.artefacts import blob_share, hatching
 from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
-from fststyle.losses import PerceptualLoss, feature_mse
+from fststyle.losses import PerceptualLoss, PerturbedOutput
 from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet, saturated_share
 
 #: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
@@ -30,15 +30,6 @@ SCHEDULES = ("none", "cosine", "step")
 #: of gradient norms that a step's norm is clipped against (0.99: a memory of about 100 steps)
 GRADIENT_NORM_MOMENTUM = 0.99
 LOSS_PREFIX = "loss."
-#: the training-only loss settings (read here, not by ``PerceptualLoss``): the stability term of Gupta et al.
-#: 2017, "Characterizing and Improving Stability in Neural Style Transfer": weight * MSE between the
-#: outputs for an input and for a perturbed copy of it: Gaussian noise (sigma in [0,1] pixel units), moved by
-#: up to ``stability_shift`` pixels (the outputs compared where they show the same scene)
-STABILITY_KEYS = ("stability_weight", "stability_noise", "stability_shift")
-#: default noise sigma, 5/255: twice the sensor noise of bench/stability.py's still scene (2.5/255)
-DEFAULT_STABILITY_NOISE = 5.0 / 255.0
-#: largest shift the term takes: a reflection pad must be shorter than the image it pads
-MAX_STABILITY_SHIFT = 16
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,9 +42,9 @@ class StyleTransferModule(pl.LightningModule):
 
     Args (all plain containers, saved as hyper-parameters):
         transformer: ``TransformerConfig`` fields, e.g. ``{"width": 1.0, "residual_blocks": 5}``.
-        loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights), plus the training-only
-            ``stability_weight`` (0: off), ``stability_noise`` (sigma of the input noise, [0,1] pixel units) and
-            ``stability_shift`` (largest move of the perturbed input, pixels; 0: noise only).
+        loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights of every term); its
+            terms that perturb the network's input (``stability_weight`` > 0) get the network's outputs for the
+            perturbed copies in training.
         style: ``{"name", "paths", "blend", "size", "names"}``; the images are read from ``paths`` with their
             longer side resized to ``size`` (None: as is), and the style targets are computed once, here.
             ``names`` (one per path) makes each image a style of its own, with its own scale and shift in every
@@ -96,34 +87,18 @@ class StyleTransferModule(pl.LightningModule):
         self.transformer.bound_gradient_floor = float(optimizer["bound_gradient_floor"])
         #: running mean of the clipped gradient norms (adaptive clipping); 0 until the first step of this process
         self._gradient_norm_mean = torch.zeros(())
-        self.loss = PerceptualLoss.from_config({k: v for k, v in loss.items() if k not in STABILITY_KEYS})
-        self.stability_weight = float(loss.get("stability_weight", 0.0))
-        self.stability_noise = float(loss.get("stability_noise", DEFAULT_STABILITY_NOISE))
-        self.stability_shift = loss.get("stability_shift", 0)
-        if self.stability_weight < 0 or self.stability_noise < 0:
-            raise UserError(f"loss.stability_weight and loss.stability_noise must be >= 0, got "
-                            f"{self.stability_weight} and {self.stability_noise}; e.g. loss.stability_weight=0")
-        if not isinstance(self.stability_shift, int) or not 0 <= self.stability_shift <= MAX_STABILITY_SHIFT:
-            raise UserError(f"loss.stability_shift must be a whole number of pixels from 0 to "
-                            f"{MAX_STABILITY_SHIFT}, got {self.stability_shift!r}; e.g. loss.stability_shift=2")
-        if self.stability_weight > 0 and self.stability_noise == 0 and self.stability_shift == 0:
-            raise UserError("loss.stability_weight > 0 compares outputs for a perturbed input, and "
-                            "loss.stability_noise=0 with loss.stability_shift=0 perturbs nothing; set either")
+        self.loss = PerceptualLoss.from_config(loss)
         #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
         self.style_images = [load_image(path, size=style.get("size")) for path in style["paths"]]
         #: the style images the exported model stores, in the network's style order (a fine-tune puts its base
         #: model's in front; None when that model stores none)
         self.model_style_images: list[torch.Tensor] | None = list(self.style_images)
-        #: one targeted copy of the loss's style term per trained style, when the network holds several
+        #: per trained style, targeted copies of the loss's style terms, when the network holds several
         self.style_terms = nn.ModuleList()
         if self.transformer.config.styles > 1:
             if self.loss.style is None:
                 raise UserError("several styles in one network need style layers (loss.style_layers)")
-            for image in self.style_images:
-                term = self.loss.style.untargeted_copy()
-                with torch.no_grad():
-                    term.set_targets_from_images(self.loss.vgg, [image], [1.0])
-                self.style_terms.append(term)
+            self.style_terms.extend(self.loss.targeted_style_terms([image]) for image in self.style_images)
         else:
             self.loss.set_style(self.style_images, style.get("blend"))
         if self.frozen_styles:
@@ -191,22 +166,26 @@ class StyleTransferModule(pl.LightningModule):
         indices = torch.tensor(styles, device=self.device) + self.frozen_styles
         return F.one_hot(indices, self.transformer.config.styles).float()
 
-    def loss_terms(self, output: torch.Tensor, content: torch.Tensor,
-                   styles: list[int] | None = None) -> dict[str, torch.Tensor]:
+    def loss_terms(self, output: torch.Tensor, content: torch.Tensor, styles: list[int] | None = None,
+                   perturbed: dict[str, PerturbedOutput] | None = None) -> dict[str, torch.Tensor]:
         """The weighted loss terms of outputs N,3,H,W for contents N,3,H,W, each scored against its style in
-        ``styles`` (None: the one style); with several, averaged over the images, plus ``<style>/content``,
-        ``<style>/style`` and ``<style>/total`` of each style in the batch."""
+        ``styles`` (None: the one style), with ``perturbed``, the outputs for the perturbed copies the loss asked
+        for (``training_terms``); with several styles, averaged over the images, plus ``<style>/<term>`` of each
+        style in the batch for ``total`` and every term that is not a regulariser (content, style, ...)."""
         if styles is None:
-            return self.loss(output, content)
+            return self.loss(output, content, perturbed=perturbed)
+        per_style = [name for name, term in self.loss.terms.items() if not term.regulariser] + ["total"]
         terms: dict[str, torch.Tensor] = {}
         for style in sorted(set(styles)):
             positions = [i for i, s in enumerate(styles) if s == style]
             share = len(positions) / len(styles)
-            style_terms = self.loss(output[positions], content[positions], style=self.style_terms[style])
+            style_terms = self.loss(output[positions], content[positions], style=self.style_terms[style],
+                                    perturbed={name: PerturbedOutput(p.output[positions], p.shift)
+                                               for name, p in (perturbed or {}).items()})
             for name, value in style_terms.items():
                 terms[name] = terms[name] + share * value if name in terms else share * value
             name = self.trained_style_names[style]
-            terms.update({f"{name}/{term}": style_terms[term] for term in ("content", "style", "total")})
+            terms.update({f"{name}/{term}": style_terms[term] for term in per_style})
         return terms
 
     def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
@@ -232,11 +211,7 @@ class StyleTransferModule(pl.LightningModule):
         images = self.to_memory_format(images)
         styles = (self.batch_styles(images.shape[0], self.trainer.fit_loop.total_batch_idx)
                   if len(self.style_terms) else None)  # one style: no trainer needed (tests step by hand)
-        if self.stability_weight > 0:
-            terms, outputs = self.stability_terms(images, styles)
-        else:
-            outputs = self(images, None if styles is None else self.style_weights(styles))
-            terms = self.loss_terms(outputs, images, styles)
+        terms, outputs = self.training_terms(images, styles)
         total = terms["total"].detach().float()
         stats = torch.stack([(~torch.isfinite(total)).float(), total, torch.ones_like(total)])
         self._step_stats = stats if self._step_stats is None else self._step_stats + stats
@@ -248,39 +223,18 @@ class StyleTransferModule(pl.LightningModule):
                       on_step=True, on_epoch=False, batch_size=images.shape[0])
         return terms["total"]
 
-    def stability_terms(self, images: torch.Tensor,
-                        styles: list[int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The loss terms of clean images N,3,H,W plus ``stability``: weight * MSE(output of a perturbed copy,
-        output of the images), added to ``total``; both outputs come from one transformer call (2N images).
-        Returns the terms and the clean images' outputs N,3,H,W.
-
-        The copy has Gaussian noise of sigma ``stability_noise`` and, with ``stability_shift`` s > 0, shows the
-        scene moved by (dy, dx), each drawn from -s..s per batch: copy[y, x] = images[y + dy, x + dx]. The
-        outputs are then compared where both show the same scene, a margin of s + ``TransformerNet.STRIDE``
-        pixels in from every edge (the reflected border the move brings in, and one down-sampled pixel more).
-        """
-        shift = self.stability_shift
-        margin = shift + TransformerNet.STRIDE
-        height, width = images.shape[-2:]
-        if shift and min(height, width) <= 2 * margin:
-            raise UserError(f"loss.stability_shift={shift} compares outputs {margin} px in from each edge, "
-                            f"and the training images are {height}x{width}; use a smaller shift or larger images")
-        perturbed = (images + self.stability_noise * torch.randn_like(images)).clamp(0.0, 1.0)
-        dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist() if shift else (0, 0)
-        if shift:
-            padded = F.pad(perturbed, (shift, shift, shift, shift), mode="reflect")
-            perturbed = padded[..., shift + dy:shift + dy + height, shift + dx:shift + dx + width]
-        weights = None if styles is None else self.style_weights(styles + styles)
-        clean_out, perturbed_out = self(torch.cat([images, perturbed]), weights).chunk(2)
-        terms = self.loss_terms(clean_out, images, styles)
-        if shift:  # perturbed_out[y, x] should be clean_out[y + dy, x + dx]
-            perturbed_out = perturbed_out[..., margin:height - margin, margin:width - margin]
-            clean_part = clean_out[..., margin + dy:height - margin + dy, margin + dx:width - margin + dx]
-        else:
-            clean_part = clean_out
-        terms["stability"] = self.stability_weight * feature_mse(perturbed_out, clean_part)
-        terms["total"] = terms["total"] + terms["stability"]
-        return terms, clean_out
+    def training_terms(self, images: torch.Tensor,
+                       styles: list[int] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The loss terms of a training batch N,3,H,W (``loss_terms``) and the network's outputs N,3,H,W for it.
+        The network also stylises each perturbed copy of the batch the loss asks for (``PerceptualLoss.perturb``:
+        the stability term's), in the same call (N images more per copy), and the loss scores those outputs too."""
+        copies = self.loss.perturb(images)
+        batch = torch.cat([images, *(copy for copy, _ in copies.values())]) if copies else images
+        weights = None if styles is None else self.style_weights(styles * (1 + len(copies)))
+        outputs = self(batch, weights).chunk(1 + len(copies))
+        perturbed = {name: PerturbedOutput(output, shift)
+                     for (name, (_, shift)), output in zip(copies.items(), outputs[1:], strict=True)}
+        return self.loss_terms(outputs[0], images, styles, perturbed), outputs[0]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The step's one collective and one device sync: stop on a non-finite loss or a stop request.

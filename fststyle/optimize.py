@@ -24,11 +24,12 @@ from fststyle.color import match_luminance, preserve_colors
 from fststyle.errors import UserError
 from fststyle.images import longer_side_size
 from fststyle.losses import (
-    LOSS_TERMS,
     GramStyleLoss,
     MRFStyleLoss,
     PerceptualLoss,
     SpatialGramStyleLoss,
+    StyleLoss,
+    term_names,
 )
 from fststyle.losses.mrf import PatchSizeError
 from fststyle.memory import PeakMemory
@@ -220,12 +221,19 @@ def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
 def _working_loss(loss: PerceptualLoss, masked: bool) -> PerceptualLoss:
     """The loss ``optimize_image`` sets its targets on: a target-free copy of the caller's on the same VGG (the
     caller's keeps its targets), with a per-region Gram style term when ``masked``."""
-    if not masked or isinstance(loss.style, SpatialGramStyleLoss):
+    if not masked:
+        return loss.untargeted_copy()
+    unmasked = [term.name for term in loss.terms.values() if isinstance(term, StyleLoss) and term.name != "style"]
+    if unmasked:
+        raise ValueError(f"content_masks bind regions to styles in the Gram style term only, and this loss also "
+                         f"has the {', '.join(unmasked)} term; set its weight to 0 "
+                         f"(engine.loss.{unmasked[0]}_weight=0)")
+    if isinstance(loss.style, SpatialGramStyleLoss):
         return loss.untargeted_copy()
     if not isinstance(loss.style, GramStyleLoss):
         raise ValueError(f"content_masks need the Gram style loss (engine=gatys); this loss uses "
                          f"{type(loss.style).__name__}")
-    return loss.untargeted_copy(SpatialGramStyleLoss(loss.style.layer_weights))
+    return loss.untargeted_copy(SpatialGramStyleLoss(loss.style.layer_weights, weight=loss.style.weight))
 
 
 def _initial_image(settings: OptimizeSettings, content: torch.Tensor, styles: Sequence[torch.Tensor],
@@ -278,7 +286,7 @@ class _Recorder:
             self.step += 1
             self.bar.update(1)
         self.history.append({"level": level, "step": self.step, **terms})
-        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in LOSS_TERMS}, refresh=False)
+        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in term_names(terms)}, refresh=False)
         if self.writer is not None:
             for name, value in terms.items():
                 self.writer.add_scalar(f"optimize/{name}", value, self.step)

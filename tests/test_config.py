@@ -48,7 +48,7 @@ def test_train_options_compose_into_settings_the_code_accepts(compose, overrides
     assert set(cfg["data"]) <= keyword_names(StyleDataModule.__init__)
     TransformerConfig(**cfg["transformer"])
     loss = PerceptualLoss.from_config({**cfg["loss"], "network": {**cfg["loss"]["network"], "weights": "random"}})
-    assert set(loss.content_layers) == set(cfg["loss"]["content_layers"])
+    assert set(loss.terms["content"].layers) == set(cfg["loss"]["content_layers"])
 
 
 def test_the_gpu_presets_turn_channels_last_on_and_cpu_leaves_it_off(compose) -> None:

@@ -67,7 +67,7 @@ def test_chunked_and_unchunked_matching_agree(vgg, style, photo):
 
 def test_the_style_matches_itself_exactly(vgg, style):
     mrf = MRFStyleLoss(LAYERS, stride=1, style_stride=1, chunk_size=100)
-    loss = PerceptualLoss(vgg, {}, mrf)
+    loss = PerceptualLoss(vgg, [mrf])
     loss.set_style(style)
     features = vgg(style, ["relu3_1"])["relu3_1"]
     index = nearest_patches(features, mrf.unit_bank_relu3_1, stride=1, chunk_size=100)
@@ -79,7 +79,7 @@ def test_the_style_matches_itself_exactly(vgg, style):
 
 
 def test_gradient_flows_to_the_image_but_not_through_matching(vgg, style, photo):
-    loss = PerceptualLoss(vgg, {}, MRFStyleLoss(LAYERS, stride=2, style_stride=2))
+    loss = PerceptualLoss(vgg, [MRFStyleLoss(LAYERS, stride=2, style_stride=2)])
     loss.set_style(style)
     image = photo.clone().contiguous().requires_grad_(True)
     loss(image)["style"].backward()
@@ -119,7 +119,7 @@ def test_augmentation_enlarges_the_bank(vgg, style):
     plain = MRFStyleLoss({"relu3_1": 1.0}, style_stride=2)
     augmented = MRFStyleLoss({"relu3_1": 1.0}, style_stride=2, rotations=1)
     for mrf in (plain, augmented):
-        PerceptualLoss(vgg, {}, mrf).set_style(style)
+        PerceptualLoss(vgg, [mrf]).set_style(style)
     assert augmented.bank_relu3_1.shape[0] > 2 * plain.bank_relu3_1.shape[0]
 
 
@@ -136,7 +136,7 @@ def test_feature_sizes_and_copy_sizes_are_computed_without_running_anything():
 
 def test_too_small_feature_maps_are_user_errors_that_name_the_layer():
     random_vgg = VGGFeatures("vgg19", weights="random", layers=["relu4_1"])
-    loss = PerceptualLoss(random_vgg, {}, MRFStyleLoss(LAYERS))
+    loss = PerceptualLoss(random_vgg, [MRFStyleLoss(LAYERS)])
     with pytest.raises(UserError, match=r"relu4_1 of the style image is 4x2, smaller than the 3x3 MRF patch.*"
                                         r"use a larger image_size or style_scale"):
         loss.set_style(torch.rand(1, 3, 21, 32))  # 21 px high: relu4_1 is 2 high

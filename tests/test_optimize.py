@@ -13,7 +13,7 @@ from fststyle.color import rgb_to_yiq
 from fststyle.errors import UserError
 from fststyle.files import OUTPUT_MARKER
 from fststyle.images import load_image
-from fststyle.losses import GramStyleLoss, PerceptualLoss
+from fststyle.losses import ContentLoss, GramStyleLoss, PerceptualLoss, TotalVariationLoss
 from fststyle.optimize import (
     ImagePyramid,
     OptimizeSettings,
@@ -34,8 +34,8 @@ def vgg() -> VGGFeatures:
 @pytest.fixture
 def gatys(vgg) -> PerceptualLoss:
     """The gatys.yaml loss on the shared VGG (weights as in conf/engine/gatys.yaml)."""
-    return PerceptualLoss(vgg, {"relu4_2": 1.0}, GramStyleLoss(GATYS_STYLE), content_weight=5.0, style_weight=100.0,
-                          tv_weight=1e5)
+    return PerceptualLoss(vgg, [ContentLoss({"relu4_2": 1.0}, 5.0), GramStyleLoss(GATYS_STYLE, weight=100.0),
+                                TotalVariationLoss(1e5)])
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,8 @@ def test_optimize_image_leaves_the_callers_loss_and_its_targets_alone(random_vgg
 
 
 def test_untargeted_copy_shares_the_frozen_vgg_and_not_the_targets(random_mrf):
-    for loss in (random_mrf, PerceptualLoss(random_mrf.vgg, {"relu4_2": 1.0}, GramStyleLoss({"relu3_1": 1.0}))):
+    gram = PerceptualLoss(random_mrf.vgg, [ContentLoss({"relu4_2": 1.0}), GramStyleLoss({"relu3_1": 1.0})])
+    for loss in (random_mrf, gram):
         loss.set_style(torch.rand(1, 3, 64, 64))
         targets = dict(loss.style.named_buffers())
         copy = loss.untargeted_copy()

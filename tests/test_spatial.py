@@ -5,6 +5,7 @@ import torch
 
 from fststyle.images import load_image
 from fststyle.losses import (
+    ContentLoss,
     GramStyleLoss,
     PerceptualLoss,
     SpatialGramStyleLoss,
@@ -51,8 +52,8 @@ def test_single_full_mask_equals_the_gram_loss():
     vgg = VGGFeatures("vgg19", weights="random", layers=["relu3_1"])
     torch.manual_seed(0)
     style, output = torch.rand(1, 3, 48, 40), torch.rand(1, 3, 32, 32)
-    plain = PerceptualLoss(vgg, {}, GramStyleLoss(LAYERS))
-    spatial = PerceptualLoss(vgg, {}, SpatialGramStyleLoss(LAYERS))
+    plain = PerceptualLoss(vgg, [GramStyleLoss(LAYERS)])
+    spatial = PerceptualLoss(vgg, [SpatialGramStyleLoss(LAYERS)])
     plain.set_style(style)
     spatial.set_style(style, content_masks=[torch.ones(1, 1, 5, 5)])
     assert torch.allclose(plain(output)["style"], spatial(output)["style"], rtol=1e-5)
@@ -64,7 +65,7 @@ def test_single_full_mask_equals_the_gram_loss():
 
 def test_mask_count_must_match_the_styles():
     vgg = VGGFeatures("vgg19", weights="random", layers=["relu3_1"])
-    loss = PerceptualLoss(vgg, {}, SpatialGramStyleLoss(LAYERS))
+    loss = PerceptualLoss(vgg, [SpatialGramStyleLoss(LAYERS)])
     with pytest.raises(ValueError, match="one mask per style"):
         loss.set_style([torch.rand(1, 3, 32, 32)] * 2, content_masks=[torch.ones(1, 1, 8, 8)])
     with pytest.raises(ValueError, match="content_masks"):
@@ -75,8 +76,8 @@ def test_each_region_moves_toward_its_own_style(bundled_data):
     """Left half bound to Starry Night, right half to The Scream: each half's Gram statistics end nearer
     its own style than they started, and nearer its own style than the other one."""
     vgg = VGGFeatures("vgg19", weights="caffe", pooling="avg", layers=["relu4_2"])
-    loss = PerceptualLoss(vgg, {"relu4_2": 1.0}, GramStyleLoss({"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}),
-                          content_weight=5.0, style_weight=100.0)
+    loss = PerceptualLoss(vgg, [ContentLoss({"relu4_2": 1.0}, 5.0),
+                                GramStyleLoss({"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}, weight=100.0)])
     content = load_image(sorted((bundled_data / "preview").glob("*.jpg"))[0], 64)
     styles = [load_image(bundled_data / "styles" / f"{name}.jpg", 64) for name in ("starry_night", "the_scream")]
     masks = halves(*content.shape[-2:])

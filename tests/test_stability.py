@@ -1,4 +1,4 @@
-"""The training-only stability term (Gupta et al. 2017): logged, off by default, and it makes outputs steadier."""
+"""The stability term (Gupta et al. 2017): training only, logged, off by default, and it makes outputs steadier."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_weight_zero_is_the_plain_perceptual_loss(tiny_config, tmp_path: Path) -
     assert torch.equal(total, module.loss(module(images), images)["total"])
 
 
-def test_perceptual_loss_ignores_the_training_only_settings(random_vgg_loss) -> None:
+def test_the_term_scores_nothing_without_the_networks_perturbed_output(random_vgg_loss) -> None:
+    """The optimisation engines and the comparison have no network to perturb: the total is the plain loss's."""
     plain = random_vgg_loss()
     torch.manual_seed(0)
     reference = PerceptualLoss.from_config(plain)
@@ -45,6 +46,7 @@ def test_perceptual_loss_ignores_the_training_only_settings(random_vgg_loss) -> 
     reference.set_style(images)
     with_stability.set_style(images)
     assert reference(output, images)["total"] == with_stability(output, images)["total"]
+    assert "stability" in with_stability.terms and "stability" not in with_stability(output, images)
 
 
 def test_negative_settings_are_refused_naming_the_key(tiny_config, tmp_path: Path) -> None:
@@ -77,15 +79,15 @@ def test_shifted_outputs_are_compared_where_they_show_the_same_scene(tiny_config
     images = torch.rand(2, 3, 40, 48)
     module.transformer = Halve()
     for _ in range(20):  # 20 random moves: each (dy, dx) lines up exactly, so the term is 0
-        assert module.stability_terms(images)[0]["stability"] == 0
+        assert module.training_terms(images)[0]["stability"] == 0
     module.transformer = Flip()  # equal outputs only for the move (0, 0), 1 draw in 49
-    assert any(module.stability_terms(images)[0]["stability"] > 0 for _ in range(20))
+    assert any(module.training_terms(images)[0]["stability"] > 0 for _ in range(20))
 
 
 def test_a_shift_too_large_for_the_images_is_one_line(tiny_config, tmp_path: Path) -> None:
     module = build_module(tiny_config(tmp_path, "loss.stability_weight=1", "loss.stability_shift=12"))
     with pytest.raises(ValueError, match=r"stability_shift=12 .* 16 px .* 32x32"):
-        module.stability_terms(torch.rand(1, 3, 32, 32))
+        module.training_terms(torch.rand(1, 3, 32, 32))
 
 
 def _noise_sensitivity(module, images: torch.Tensor, noise: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fststyle.cli.config import OPEN_MAPPINGS, compose
+from fststyle.cli.config import compose, is_open_mapping
 from fststyle.errors import UserError
 
 #: settings whose values are file or folder paths (last component of the dotted key)
@@ -105,7 +105,7 @@ def replace_whole_mappings(arguments: Sequence[str]) -> list[str]:
     rewritten = []
     for argument in arguments:
         parts = _split_override(argument)
-        if parts is not None and parts[0].rsplit(".", 1)[-1] in OPEN_MAPPINGS and parts[1].startswith("{"):
+        if parts is not None and is_open_mapping(parts[0]) and parts[1].startswith("{"):
             rewritten += [f"~{parts[0]}", f"+{argument}"]
         else:
             rewritten.append(argument)
@@ -126,7 +126,7 @@ def _unknown_key_message(wanted: str, argument: str, base: DictConfig) -> str:
     parent, missing = ".".join(parts[:depth]), parts[depth]
     node = OmegaConf.select(base, parent) if parent else base
     known = [str(key) for key in node.keys()]
-    if parent.rsplit(".", 1)[-1] in OPEN_MAPPINGS and depth == len(parts) - 1:
+    if is_open_mapping(parent) and depth == len(parts) - 1:
         return f"{parent} has no entry {missing!r} (it has {', '.join(known) or 'none'}); to add one, write +{argument}"
     prefix = f"{parent}." if parent else ""
     close = [prefix + key for key in difflib.get_close_matches(missing, known, n=3, cutoff=0.6)]

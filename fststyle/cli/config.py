@@ -22,9 +22,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("bundled", lambda relative: str(bundled_path(relative)))
 
 
-#: mappings whose entries a user may add with ``+key=value`` (layer weights, extra callbacks): ``--help`` lists
-#: each as one setting, and the command line replaces one written whole
-OPEN_MAPPINGS = frozenset({"content_layers", "style_layers", "callbacks"})
+def is_open_mapping(key: str) -> bool:
+    """Whether ``key`` (its last component) names a mapping whose entries a user may add with ``+key=value``: a
+    loss term's layer weights (``content_layers``, ``style_layers``, any ``<term>_layers``) or the extra
+    callbacks. ``--help`` lists each as one setting, and the command line replaces one written whole."""
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf.endswith("_layers") or leaf == "callbacks"
+
+
 _KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w]*):(?P<rest>.*)$")
 
 
@@ -71,7 +76,9 @@ def _config_files(path: Path, package: str, choices: dict[str, Any]) -> Iterator
             if entry == "_self_":
                 continue
             name, _, at = entry.partition("@")
-            child = group_root / f"{name}.yaml"
+            # a path with a leading / is from the config root (a term's node, /loss/terms/histogram), else from
+            # this file's group
+            child = config_dir() / f"{name[1:]}.yaml" if name.startswith("/") else group_root / f"{name}.yaml"
             folder = Path(name).parent.as_posix()
             child_package = package if at == "_here_" else _joined(package, at or folder.strip(".").replace("/", "."))
         else:
@@ -142,7 +149,7 @@ def _leaves(node: DictConfig, prefix: str) -> Iterator[tuple[str, Any]]:
             continue
         dotted = _joined(prefix, str(key))
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and str(key) not in OPEN_MAPPINGS:
+        if isinstance(child, DictConfig) and not is_open_mapping(str(key)):
             yield from _leaves(child, dotted)
         else:
             yield dotted, child._value() if not isinstance(child, DictConfig | ListConfig) else child

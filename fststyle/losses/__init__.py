@@ -1,6 +1,8 @@
-"""One loss stack for both engines: pure functions and the modules built from them."""
+"""One loss stack for both engines: pure functions, one class per term, and ``PerceptualLoss`` (VGG + terms)."""
 
+from fststyle.blend import blend_weights
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
+from fststyle.losses.histogram import HistogramLoss, match_histograms, sorted_mixture
 from fststyle.losses.mrf import (
     MRFStyleLoss,
     augmented_styles,
@@ -8,34 +10,48 @@ from fststyle.losses.mrf import (
     nearest_patches,
     normalise_patches,
 )
-from fststyle.losses.perceptual import (
-    LOSS_TERMS,
-    STYLE_LOSSES,
-    GramStyleLoss,
-    PerceptualLoss,
-    StyleLoss,
-    blend_weights,
-)
+from fststyle.losses.perceptual import STYLE_LOSSES, TERM_BUILDERS, PerceptualLoss, style_term, term_names
 from fststyle.losses.spatial import SpatialGramStyleLoss, masked_gram_matrix, resize_mask
-
-STYLE_LOSSES["mrf"] = MRFStyleLoss
+from fststyle.losses.stability import StabilityLoss
+from fststyle.losses.terms import (
+    ContentLoss,
+    GramStyleLoss,
+    LossTerm,
+    PerturbationTerm,
+    PerturbedOutput,
+    Scored,
+    StyleLoss,
+    TotalVariationLoss,
+)
 
 __all__ = [
-    "LOSS_TERMS",
     "STYLE_LOSSES",
+    "TERM_BUILDERS",
+    "ContentLoss",
     "GramStyleLoss",
+    "HistogramLoss",
+    "LossTerm",
     "MRFStyleLoss",
     "PerceptualLoss",
+    "PerturbationTerm",
+    "PerturbedOutput",
+    "Scored",
     "SpatialGramStyleLoss",
+    "StabilityLoss",
     "StyleLoss",
+    "TotalVariationLoss",
     "augmented_styles",
     "blend_weights",
     "extract_patches",
     "feature_mse",
     "gram_matrix",
     "masked_gram_matrix",
+    "match_histograms",
     "nearest_patches",
     "normalise_patches",
     "resize_mask",
+    "sorted_mixture",
+    "style_term",
+    "term_names",
     "total_variation",
 ]

@@ -18,7 +18,7 @@ from torchvision.transforms.functional import InterpolationMode, rotate
 
 from fststyle.errors import UserError
 from fststyle.losses.functional import feature_mse
-from fststyle.losses.perceptual import Features, StyleLoss
+from fststyle.losses.terms import Features, StyleLoss
 from fststyle.vgg import VGGFeatures
 
 #: CNNMRF's fixed augmentation steps (chuanli11/CNNMRF, transfer_CNNMRF_wrapper.lua: target_step_rotation
@@ -133,8 +133,9 @@ class MRFStyleLoss(StyleLoss):
 
     def __init__(self, layer_weights: Mapping[str, float], patch_size: int = 3, stride: int = 1,
                  style_stride: int = 1, chunk_size: int | None = 4096, rotations: int = 0, scales: int = 0,
-                 rotation_step: float = ROTATION_STEP, scale_step: float = SCALE_STEP) -> None:
-        super().__init__(layer_weights)
+                 rotation_step: float = ROTATION_STEP, scale_step: float = SCALE_STEP, *,
+                 weight: float = 1.0) -> None:
+        super().__init__(layer_weights, weight=weight)
         if patch_size < 1 or stride < 1 or style_stride < 1:
             raise ValueError("patch_size, stride and style_stride must be >= 1")
         if not (0 <= rotations <= MAX_AUGMENTATION_STEPS and 0 <= scales <= MAX_AUGMENTATION_STEPS):
@@ -188,7 +189,7 @@ class MRFStyleLoss(StyleLoss):
             self.register_buffer(f"bank_{layer}", bank, persistent=False)
             self.register_buffer(f"unit_bank_{layer}", normalise_patches(bank), persistent=False)
 
-    def forward(self, features: Features) -> Features:
+    def layer_losses(self, features: Features) -> Features:
         terms = {}
         for layer, weight in self.layer_weights.items():
             feats = features[layer].float()

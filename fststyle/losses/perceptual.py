@@ -1,92 +1,77 @@
-"""Loss modules shared by both engines: training optimises a network, the optimisation engine an image,
-and both call the same ``PerceptualLoss``."""
+"""``PerceptualLoss``, the one loss both engines use (training optimises a network, the optimisation engine an
+image): a frozen VGG and a list of named terms. The list is the loss: ``total`` is the sum of the terms' weighted
+values, and every name a loss reports (TensorBoard scalars, optimisation histories, the comparison's columns)
+comes from it (docs/design.md §Losses)."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from fststyle.blend import blend_weights
-from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
+from fststyle.losses.histogram import HistogramLoss
+from fststyle.losses.mrf import MRFStyleLoss
+from fststyle.losses.stability import StabilityLoss
+from fststyle.losses.terms import (
+    ContentLoss,
+    Features,
+    GramStyleLoss,
+    LossTerm,
+    PerturbationTerm,
+    PerturbedOutput,
+    Scored,
+    StyleLoss,
+    TotalVariationLoss,
+)
 from fststyle.vgg import VGGFeatures
 
-Features = dict[str, torch.Tensor]
-#: the summed terms every ``PerceptualLoss`` returns (besides one ``content.<layer>`` / ``style.<layer>`` per layer)
-LOSS_TERMS = ("content", "style", "tv", "total")
+#: the style kinds a loss config chooses with ``style_loss`` (spatial Gram comes with masks, never from a config)
+STYLE_LOSSES: dict[str, type[StyleLoss]] = {"gram": GramStyleLoss, "mrf": MRFStyleLoss}
 
 
-class StyleLoss(nn.Module):
-    """Base of style terms: targets from style-image features, then ``{layer: weighted loss}`` per call."""
-
-    def __init__(self, layer_weights: Mapping[str, float]) -> None:
-        super().__init__()
-        if not layer_weights:
-            raise ValueError("a style loss needs at least one layer")
-        self.layer_weights = dict(layer_weights)
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self.layer_weights)
-
-    def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], **options: Any) -> None:
-        raise NotImplementedError
-
-    def untargeted_copy(self) -> StyleLoss:
-        """The same term (layers, weights, settings) without targets; setting its targets leaves this one's
-        alone. Targets are a style term's only buffers, and it has no parameters or submodules."""
-        clone = copy.copy(self)
-        clone._parameters, clone._modules = dict(self._parameters), dict(self._modules)
-        clone._buffers, clone._non_persistent_buffers_set = {}, set()
-        return clone
-
-    def set_targets_from_images(self, vgg: VGGFeatures, images: Sequence[torch.Tensor], blend: Sequence[float],
-                                **options: Any) -> None:
-        """Targets from style images 1,3,H,W: one VGG pass each (the MRF loss adds rotated / scaled copies)."""
-        self.set_targets([vgg(image, self.layers) for image in images], blend, **options)
-
-    def forward(self, features: Features) -> Features:
-        raise NotImplementedError
+def style_term(config: Mapping[str, Any]) -> StyleLoss | None:
+    """The style term of a loss config: the ``style_loss`` kind on ``style_layers``, weighted ``style_weight``,
+    with the kind's own settings (``config[kind]``, e.g. ``mrf: {patch_size: 3}``); None without style layers."""
+    layers = dict(config.get("style_layers") or {})
+    kind = config.get("style_loss", "gram")
+    if kind not in STYLE_LOSSES:
+        raise ValueError(f"unknown style_loss {kind!r}; choose one of {sorted(STYLE_LOSSES)}")
+    if not layers:
+        return None
+    return STYLE_LOSSES[kind](layers, weight=float(config.get("style_weight", 1.0)), **dict(config.get(kind) or {}))
 
 
-class GramStyleLoss(StyleLoss):
-    """Gram-matrix style loss (Gatys et al. 2015): per layer, MSE between the output's Gram N,C,C and the
-    blended style Gram 1,C,C. Several styles blend by a weighted mean of their Gram matrices."""
-
-    def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], **options: Any) -> None:
-        if options:
-            raise TypeError(f"GramStyleLoss takes no target options, got {sorted(options)}")
-        for layer in self.layers:
-            grams = [w * gram_matrix(f[layer]).mean(dim=0, keepdim=True) for f, w in zip(style_features, blend, strict=True)]
-            self.register_buffer(f"target_{layer}", torch.stack(grams).sum(dim=0), persistent=False)
-
-    def forward(self, features: Features) -> Features:
-        return {
-            layer: weight * feature_mse(gram_matrix(features[layer]), getattr(self, f"target_{layer}"))
-            for layer, weight in self.layer_weights.items()
-        }
+#: how a loss config becomes terms, in the order the loss reports them: each reads its own keys and returns its
+#: term, or None when the term is off
+TERM_BUILDERS = (ContentLoss.from_config, style_term, TotalVariationLoss.from_config, HistogramLoss.from_config,
+                 StabilityLoss.from_config)
 
 
-STYLE_LOSSES: dict[str, type[StyleLoss]] = {"gram": GramStyleLoss}
+def term_names(keys: Iterable[str]) -> list[str]:
+    """The whole terms (``content``, ``style``, ``tv``, ..., ``total``) among the keys of a loss's results, in
+    order; the other keys are the per-layer shares, ``<term>.<layer>``."""
+    return [key for key in keys if "." not in key]
 
 
 class PerceptualLoss(nn.Module):
-    """Content + style + TV loss on a frozen VGG: output N,3,H,W in [0,1] -> dict of named, weighted terms.
+    """A frozen VGG and named, weighted terms: output N,3,H,W in [0,1] -> ``{name: value}`` of every term, the
+    per-layer shares ``<name>.<layer>`` of the terms on VGG features, and ``total``, the sum of the terms.
 
-    Keys: ``content.<layer>``, ``style.<layer>``, ``content``, ``style``, ``tv`` and ``total``; every value
-    already includes its weights, so ``total`` is the sum of ``content``, ``style`` and ``tv``.
+    ``from_config`` builds ``content``, ``style`` and ``tv`` whenever they have layers (``tv`` always, 0 when off:
+    the keys every fststyle model has logged and every report shows), ``histogram`` and ``stability`` when their
+    weight is > 0.
     """
 
-    def __init__(self, vgg: VGGFeatures, content_layers: Mapping[str, float], style: StyleLoss | None, *,
-                 content_weight: float = 1.0, style_weight: float = 1.0, tv_weight: float = 0.0) -> None:
+    def __init__(self, vgg: VGGFeatures, terms: Sequence[LossTerm]) -> None:
         super().__init__()
+        names = [term.name for term in terms]
+        if len(set(names)) < len(names) or "total" in names:
+            raise ValueError(f"a loss needs terms of different names, none of them 'total'; got {names}")
         self.vgg = vgg
-        self.content_layers = dict(content_layers)
-        self.style = style
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.terms = nn.ModuleDict({term.name: term for term in terms})
         self._content_features: Features | None = None
         self._style_ready = False
 
@@ -94,80 +79,99 @@ class PerceptualLoss(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> PerceptualLoss:
         """Build from a plain mapping (the ``loss`` config group, also stored in exported models' metadata)."""
         network = dict(config.get("network", {}))
-        style_layers = dict(config.get("style_layers") or {})
-        content_layers = dict(config.get("content_layers") or {})
-        kind = config.get("style_loss", "gram")
-        if kind not in STYLE_LOSSES:
-            raise ValueError(f"unknown style_loss {kind!r}; choose one of {sorted(STYLE_LOSSES)}")
-        style = STYLE_LOSSES[kind](style_layers, **dict(config.get(kind) or {})) if style_layers else None
+        terms = [term for build in TERM_BUILDERS if (term := build(config)) is not None]
         vgg = VGGFeatures(
             arch=network.get("arch", "vgg16"),
             weights=network.get("weights", "torchvision"),
             pooling=network.get("pooling", "max"),
-            layers=[*content_layers, *style_layers],
+            layers=[layer for term in terms for layer in (*term.content_layers, *term.layers)],
         )
-        return cls(vgg, content_layers, style, content_weight=float(config.get("content_weight", 1.0)),
-                   style_weight=float(config.get("style_weight", 1.0)),
-                   tv_weight=float(config.get("tv_weight", 0.0)))
+        return cls(vgg, terms)
 
-    def untargeted_copy(self, style: StyleLoss | None = None) -> PerceptualLoss:
-        """The same loss (layers, weights) on this loss's own frozen VGG (shared, not copied) without content or
-        style targets, so a caller's loss keeps its targets while the copy gets others; ``style`` replaces the
-        style term (default: a target-free copy of this one's)."""
-        if style is None and self.style is not None:
-            style = self.style.untargeted_copy()
-        return PerceptualLoss(self.vgg, self.content_layers, style, content_weight=self.content_weight,
-                              style_weight=self.style_weight, tv_weight=self.tv_weight)
+    @property
+    def style(self) -> StyleLoss | None:
+        """The style term (Gram, MRF or spatial Gram), or None without style layers."""
+        return self.terms["style"] if "style" in self.terms else None
+
+    def untargeted_copy(self, *replacements: LossTerm) -> PerceptualLoss:
+        """The same loss (terms, layers, weights) on this loss's own frozen VGG (shared, not copied) without content
+        or style targets, so a caller's loss keeps its targets while the copy gets others; each of
+        ``replacements`` takes the place of the term of its name."""
+        terms = {name: term.untargeted_copy() for name, term in self.terms.items()}
+        return PerceptualLoss(self.vgg, list((terms | {term.name: term for term in replacements}).values()))
+
+    def _style_terms(self) -> list[StyleLoss]:
+        return [term for term in self.terms.values() if isinstance(term, StyleLoss)]
 
     @torch.no_grad()
     def set_style(self, images: torch.Tensor | Sequence[torch.Tensor], blend: Sequence[float] | None = None,
                   **options: Any) -> None:
-        """Compute style targets once from one image 1,3,H,W or several (any sizes), blended by ``blend``."""
-        if self.style is None:
+        """Compute the style terms' targets once from one image 1,3,H,W or several (any sizes), blended by
+        ``blend``."""
+        self._set_targets(self._style_terms(), images, blend, options)
+        self._style_ready = True
+
+    @torch.no_grad()
+    def targeted_style_terms(self, images: torch.Tensor | Sequence[torch.Tensor],
+                             blend: Sequence[float] | None = None, **options: Any) -> nn.ModuleDict:
+        """Target-free copies of this loss's style terms with targets from ``images`` (as ``set_style`` takes
+        them), to score against with ``style=``: one set per style when one network learns several."""
+        terms = [term.untargeted_copy() for term in self._style_terms()]
+        self._set_targets(terms, images, blend, options)
+        return nn.ModuleDict({term.name: term for term in terms})
+
+    def _set_targets(self, terms: list[StyleLoss], images: torch.Tensor | Sequence[torch.Tensor],
+                     blend: Sequence[float] | None, options: dict[str, Any]) -> None:
+        if not terms:
             raise ValueError("this loss has no style layers")
         images = [images] if isinstance(images, torch.Tensor) else list(images)
         weights = blend_weights(len(images), blend)
         device = self.vgg.mean.device
-        self.style.set_targets_from_images(self.vgg, [image.to(device) for image in images], weights, **options)
-        self._style_ready = True
+        for term in terms:
+            term.set_targets_from_images(self.vgg, [image.to(device) for image in images], weights, **options)
+
+    @property
+    def _content_layers(self) -> list[str]:
+        return list(dict.fromkeys(layer for term in self.terms.values() for layer in term.content_layers))
 
     @torch.no_grad()
     def set_content(self, content: torch.Tensor) -> None:
         """Cache the content target of a fixed image N,3,H,W (the optimisation engine's case)."""
-        self._content_features = self.vgg(content, self.content_layers) if self.content_layers else {}
+        layers = self._content_layers
+        self._content_features = self.vgg(content, layers) if layers else {}
+
+    def perturb(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, tuple[int, int]]]:
+        """For each term that compares the network's outputs for clean and perturbed inputs (stability): its
+        perturbed copy N,3,H,W of the network's input images N,3,H,W and the move (dy, dx) it shows; {} for none."""
+        return {term.name: term.perturb(images) for term in self.terms.values() if isinstance(term, PerturbationTerm)}
 
     def forward(self, output: torch.Tensor, content: torch.Tensor | None = None,
-                style: StyleLoss | None = None) -> dict[str, torch.Tensor]:
-        """Score ``output`` N,3,H,W against ``content`` N,3,H,W (or the cached content) and the style targets
-        (those of ``style``, a targeted copy of this loss's style term, when given: one per style when one
-        network learns several)."""
-        style_term = self.style if style is None else style
-        wanted = list(self.content_layers) + (style_term.layers if style_term is not None else [])
-        features = self.vgg(output, wanted)
-        terms: dict[str, torch.Tensor] = {}
-        zero = output.new_zeros((), dtype=torch.float32)
-        content_total = style_total = zero
-        if self.content_layers:
-            targets = self._content_targets(content)
-            for layer, weight in self.content_layers.items():
-                term = self.content_weight * weight * feature_mse(features[layer], targets[layer])
-                terms[f"content.{layer}"] = term
-                content_total = content_total + term
-        if style_term is not None:
-            if style is None and not self._style_ready:
-                raise RuntimeError("call set_style(style_images) before computing the loss")
-            for layer, value in style_term(features).items():
-                term = self.style_weight * value
-                terms[f"style.{layer}"] = term
-                style_total = style_total + term
-        tv = self.tv_weight * total_variation(output) if self.tv_weight else zero
-        terms.update(content=content_total, style=style_total, tv=tv, total=content_total + style_total + tv)
-        return terms
+                style: Mapping[str, LossTerm] | None = None,
+                perturbed: Mapping[str, PerturbedOutput] | None = None) -> dict[str, torch.Tensor]:
+        """Score ``output`` N,3,H,W against ``content`` N,3,H,W (or the cached content) and the style targets (those
+        of ``style``, copies from ``targeted_style_terms``, when given: one set per style when one network learns
+        several); ``perturbed``: the network's outputs for the copies ``perturb`` made (training only)."""
+        if style is None and self._style_terms() and not self._style_ready:
+            raise RuntimeError("call set_style(style_images) before computing the loss")
+        terms = [style[name] if style is not None and name in style else term for name, term in self.terms.items()]
+        wanted = list(dict.fromkeys(layer for term in terms for layer in term.layers))
+        scored = Scored(output, self.vgg(output, wanted) if wanted else {}, self._content_targets(content),
+                        perturbed or {})
+        shares, values = {}, {}
+        for term in terms:
+            result = term(scored)
+            if result:  # {}: nothing to score (a perturbation term without the network's output)
+                values[term.name] = result.pop(term.name)
+                shares.update(result)
+        return {**shares, **values, "total": sum(values.values(), scored.zero())}
 
     def _content_targets(self, content: torch.Tensor | None) -> Features:
+        layers = self._content_layers
+        if not layers:
+            return {}
         if content is not None:
             with torch.no_grad():
-                return self.vgg(content, self.content_layers)
+                return self.vgg(content, layers)
         if self._content_features is None:
             raise RuntimeError("pass content images to the loss, or call set_content() first")
         return self._content_features

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fststyle.losses.functional import feature_mse
-from fststyle.losses.perceptual import Features, StyleLoss
+from fststyle.losses.terms import Features, StyleLoss
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -57,8 +57,8 @@ class SpatialGramStyleLoss(StyleLoss):
     sum the regions unweighted; the area weight keeps a tiny region from dominating the style term.)
     """
 
-    def __init__(self, layer_weights: Mapping[str, float]) -> None:
-        super().__init__(layer_weights)
+    def __init__(self, layer_weights: Mapping[str, float], *, weight: float = 1.0) -> None:
+        super().__init__(layer_weights, weight=weight)
         self.content_masks: list[torch.Tensor] = []
 
     def set_targets(self, style_features: Sequence[Features], blend: Sequence[float], *,
@@ -81,7 +81,7 @@ class SpatialGramStyleLoss(StyleLoss):
                 targets.append(masked_gram_matrix(feats, mask).mean(dim=0))
             self.register_buffer(f"target_{layer}", torch.stack(targets), persistent=False)
 
-    def forward(self, features: Features) -> Features:
+    def layer_losses(self, features: Features) -> Features:
         terms = {}
         for layer, weight in self.layer_weights.items():
             targets = getattr(self, f"target_{layer}")
