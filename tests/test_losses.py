@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fststyle.losses import (
     ContentLoss,
@@ -11,6 +14,7 @@ from fststyle.losses import (
     term_names,
     total_variation,
 )
+from fststyle.training import train
 from fststyle.vgg import VGGFeatures
 
 STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0}
@@ -133,3 +137,21 @@ def test_from_config_builds_the_named_network(random_vgg_loss):
     assert (loss.terms["content"].weight, loss.style.weight) == (3.0, 7.0)
     with pytest.raises(ValueError, match="style_loss"):
         PerceptualLoss.from_config({"style_layers": {"relu1_1": 1}, "style_loss": "nope"})
+
+
+#: what a real training run logs besides ``train/<term>`` for each optional term
+OPTIONAL_TERM_TAGS = {"stability": set(),
+                      "histogram": {"train/histogram.relu1_1", "train/histogram.relu4_1", "val/histogram"}}
+
+
+@pytest.mark.parametrize("term", sorted(OPTIONAL_TERM_TAGS))
+def test_an_optional_term_is_logged_positive_and_summed_into_the_total(term, tiny_config, tmp_path: Path) -> None:
+    result = train(tiny_config(tmp_path, "trainer.max_steps=2", f"loss.{term}_weight=1.0e3"))
+    events = EventAccumulator(str(result.run_dir))
+    events.Reload()
+    values = [event.value for event in events.Scalars(f"train/{term}")]
+    assert len(values) == 2 and all(value > 0 for value in values)
+    assert OPTIONAL_TERM_TAGS[term] <= set(events.Tags()["scalars"])
+    for step in range(2):  # total = content + style + tv + the term
+        parts = sum(events.Scalars(f"train/{name}")[step].value for name in ("content", "style", "tv", term))
+        assert events.Scalars("train/total")[step].value == pytest.approx(parts, rel=1e-4)
