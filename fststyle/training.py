@@ -22,8 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import (
     Callback,
     LearningRateMonitor,
@@ -38,17 +37,15 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from fststyle.data import StyleDataModule
 from fststyle.devices import device_name
 from fststyle.errors import UserError
-from fststyle.files import atomic_write
+from fststyle.files import atomic_write, resolved_path
+from fststyle.finetune import finetune_base, model_style_images, start_from_base
 from fststyle.guard import ArtefactGuard, artefact_figures
 from fststyle.images import image_files
-from fststyle.model_header import MAX_STYLE_NAME
-from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
+from fststyle.module import NonFiniteLossError, StyleTransferModule
 from fststyle.style_model import StyleModel, training_metadata
+from fststyle.train_settings import TrainingSettings, plain_config
 
 LAST_CHECKPOINT = "last.ckpt"
-#: how a list of style images trains: blend (one style from their blended Gram targets) | multi (one network,
-#: each image a style with its own instance-norm scale and shift, Dumoulin et al. 2017)
-STYLE_MODES = ("blend", "multi")
 #: what Lightning warns when fit(ckpt_path=None) finds no last checkpoint of InterruptCheckpoint's: a fresh run
 NO_LAST_CHECKPOINT_WARNINGS = (r"`\.fit\(ckpt_path=None\)` was called without a model|"
                                r"\.fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint")
@@ -242,37 +239,10 @@ class TrainResult:
     module: StyleTransferModule
 
 
-#: what to say when a mandatory (``???``) setting is missing, by its key
-_MISSING_HINTS = {
-    "data.root": "pass data.root=/path/to/coco, the folder holding annotations/ and train2017/ (data/README.md "
-                 "says how to download MS-COCO), or try experiment=demo, which trains on the bundled sample offline",
-}
-
-
-def plain_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    """The config as plain, resolved Python containers; a missing mandatory value is a UserError naming it."""
-    if isinstance(cfg, DictConfig):
-        try:
-            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as error:
-            key = error.full_key
-            raise UserError(f"{key} is not set: {_MISSING_HINTS.get(key, f'pass {key}=<value>')}") from None
-    return dict(cfg)
-
-
-def _path(value: str | os.PathLike, what: str, must_exist: bool = True) -> Path:
-    """An absolute path (relative ones resolve against the working directory the command ran in)."""
-    path = Path(value).expanduser().resolve()
-    if must_exist and not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} (from {value!r}; relative paths resolve against "
-                                f"{Path.cwd()}). Fix the path, or run from the directory it is relative to.")
-    return path
-
-
 def resume_checkpoint(ckpt_path: str | os.PathLike) -> Path:
     """The checkpoint ``ckpt_path=`` names: a ``.ckpt`` file, or a run directory or its ``checkpoints/`` folder
     (their ``last.ckpt``)."""
-    path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
+    path = resolved_path(ckpt_path, "checkpoint to resume (ckpt_path)")
     if not path.is_dir():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -284,83 +254,29 @@ def resume_checkpoint(ckpt_path: str | os.PathLike) -> Path:
     raise UserError(f"ckpt_path={ckpt_path}: no {LAST_CHECKPOINT} in {folder} (the run saved none); {fix}")
 
 
-def _style(cfg: dict[str, Any], base: StyleModel | None = None) -> dict[str, Any]:
-    """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size``, ``style_mode``
-    and ``style_names`` keys; ``base`` is the model a fine-tune adds these styles to."""
-    paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
-    if not paths or paths == [None]:
-        raise UserError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
-    paths = [str(_path(p, "style image")) for p in paths]
-    mode = cfg.get("style_mode") or "blend"
-    if mode not in STYLE_MODES:
-        raise UserError(f"style_mode={mode!r} is not a mode; use one of {', '.join(STYLE_MODES)}")
-    style = {"name": style_name(paths), "paths": paths, "blend": cfg.get("style_blend"), "size": cfg.get("style_size")}
-    names = cfg.get("style_names")
-    if mode == "blend" and base is None:
-        if names is not None:
-            raise UserError("style_names= names the styles of style_mode=multi (or of finetune_from=); "
-                            "a blend is one style, named after its images")
-        return style
-    if style["blend"] is not None:
-        raise UserError("style_blend= blends the Gram targets of one style; styles learned apart blend at "
-                        "inference instead: fststyle stylize ... 'style={a: 0.5, b: 0.5}'")
-    if isinstance(names, str):  # style_names=painting: the one name of one style image
-        names = [names]
-    names = [str(name) for name in names] if names is not None else [Path(p).stem for p in paths]
-    taken = base.style_names if base is not None else []
-    if len(names) != len(paths):
-        raise UserError(f"style_names= has {len(names)} names for {len(paths)} style images; give one per image")
-    for index, name in enumerate(names):
-        # the model file's check (model_header.MAX_STYLE_NAME), and the exported file is named after the styles
-        if not 0 < len(name) <= MAX_STYLE_NAME or "/" in name or "\\" in name:
-            raise UserError(f"style_names= {name!r} is not a style name: give 1 to {MAX_STYLE_NAME} characters "
-                            "without / or \\ (the model file is named after its styles)")
-        if name in taken or name in names[:index]:
-            where = f"finetune_from={base.path} already holds" if name in taken else "two style images share"
-            raise UserError(f"{where} the style name {name!r}; name the new styles with style_names='[...]'")
-    return {**style, "name": "+".join([*taken, *names]), "names": names}
-
-
 def data_module(data: dict[str, Any]) -> StyleDataModule:
     """The StyleDataModule with its paths resolved; ``preview`` may be a folder or a list of files."""
     data = dict(data)
     # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
-    data["root"] = str(_path(data["root"], "training images (data.root)"))
+    data["root"] = str(resolved_path(data["root"], "training images (data.root)"))
     preview = data.get("preview") or []
     data["preview"] = [str(p.resolve()) for p in image_files(preview, "preview folder (data.preview)")] if preview else []
     if data.get("cache_dir") is not None:
-        data["cache_dir"] = str(_path(data["cache_dir"], "cache_dir", must_exist=False))
+        data["cache_dir"] = str(resolved_path(data["cache_dir"], "cache_dir", must_exist=False))
     return StyleDataModule(**data)
 
 
 def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
-    """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
+    """The StyleTransferModule a config describes (style targets computed, on the CPU); a fine-tune starts from
+    its base model's weights."""
     cfg = plain_config(cfg)
-    networks = cfg.get("networks") or {}
-    base = StyleModel.load(cfg["finetune_from"]) if cfg.get("finetune_from") else None
-    transformer, finetune = cfg["transformer"], None
-    if base is not None:  # the fine-tuned model's architecture, whatever the transformer group says
-        transformer = base.network.config.to_dict()
-        if transformer["norm"] != "instance":
-            raise UserError(f"finetune_from={base.path} has {transformer['norm']} norms; new styles need instance "
-                            "norms (their scale and shift are the style): train the styles together from scratch")
-        steps = [entry["steps"] for entry in base.metadata["styles"]] if "styles" in base.metadata \
-            else [base.metadata.get("steps") or 0]
-        finetune = {"from": str(base.path), "styles": [{"name": name, "steps": step}
-                                                       for name, step in zip(base.style_names, steps, strict=True)]}
-    module = StyleTransferModule(transformer=transformer, loss=cfg["loss"], style=_style(cfg, base),
-                                 image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"),
-                                 channels_last=bool(networks.get("channels_last", False)),
-                                 compile=bool(networks.get("compile", False)), finetune=finetune)
-    if base is not None:
-        grown = base.network.with_new_styles(module.transformer.config.styles - base.network.config.styles)
-        module.transformer.load_state_dict(grown.state_dict())
-        # one stored image per style, or none: a blend model stores its several images for its one style
-        one_each = base.style_images is not None and len(base.style_images) == base.network.config.styles
-        module.model_style_images = [*base.style_images, *module.style_images] if one_each else None
-        if base.style_images is not None and not one_each:
-            rank_zero_warn(f"finetune_from={base.path} stores {len(base.style_images)} style images for its "
-                           f"{base.network.config.styles} style(s) (a blend): the fine-tuned model stores none")
+    if not cfg.get("finetune_from"):
+        return StyleTransferModule.from_settings(TrainingSettings.from_config(cfg))
+    base, finetune = finetune_base(cfg["finetune_from"])
+    module = StyleTransferModule.from_settings(
+        TrainingSettings.from_config(cfg, finetune, transformer=base.network.config.to_dict()))
+    start_from_base(module.transformer, base)
+    module.model_style_images = model_style_images(base, module.style_images)
     return module
 
 
@@ -391,7 +307,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(without_advertisements)
-    run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
+    run_dir = resolved_path(cfg["run_dir"], "run directory", must_exist=False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # checked before the networks and data are built
         ckpt_path = resume_checkpoint(ckpt_path)
@@ -458,7 +374,7 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     figures of its last validation."""
     hparams = module.hparams
     path = cfg.get("export_path")
-    path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
+    path = resolved_path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
     metadata = training_metadata(dict(hparams), steps, hardware, _artefact_metadata(figures, steps))
     return StyleModel(module.transformer, metadata, module.model_style_images).save(path)
 

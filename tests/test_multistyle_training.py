@@ -156,7 +156,7 @@ def test_style_setting_errors_are_one_line(repo, tiny_config, tmp_path: Path, ca
 
 def test_one_style_name_may_be_a_plain_string(repo, tiny_config, tmp_path: Path) -> None:
     module = build_module(tiny_config(tmp_path, *multi_overrides(repo, "udnie"), "style_names=painting"))
-    assert module.style_names == ["painting"] and module.hparams.style["name"] == "painting"
+    assert module.settings.style.names == ("painting",) and module.hparams.style["name"] == "painting"
 
 
 # ---- checkpoints and export ------------------------------------------------------------------------------
