@@ -11,20 +11,18 @@ before the state dict loads.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from fststyle.artefacts import blob_share, hatching
 from fststyle.errors import UserError
 from fststyle.finetune import freeze_all_but_new_styles
-from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
+from fststyle.images import load_image
 from fststyle.losses import PerceptualLoss, PerturbedOutput
 from fststyle.train_settings import TrainingSettings
 from fststyle.transformer import TransformerNet, saturated_share
@@ -107,9 +105,6 @@ class StyleTransferModule(pl.LightningModule):
         self._last_terms: dict[str, torch.Tensor] = {}
         #: the sum of ``skipped_images`` over all processes, set when training ends
         self.skipped_images_total = 0
-        self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
-        #: the global step of the latest preview grid (None: none yet)
-        self.last_preview_step: int | None = None
 
     @classmethod
     def from_settings(cls, settings: TrainingSettings) -> StyleTransferModule:
@@ -317,11 +312,11 @@ class StyleTransferModule(pl.LightningModule):
                                                         gamma=settings.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- previews ---------------------------------------------------------------------------------------
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms, saturated
-        share and artefact figures, blobs and hatching (fststyle.artefacts), averaged over processes, per style
-        too when there are several."""
+    # ---- validation ---------------------------------------------------------------------------------------
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Stylise the fixed preview photos N,3,S,S in every trained style -> N,K,3,S,S (K styles, for the
+        ``PreviewGrids`` callback); log their loss terms, saturated share and artefact figures, blobs and hatching
+        (fststyle.artefacts), averaged over processes, per style too when there are several."""
         batch = self.to_memory_format(batch)
         outputs, terms = [], {}
         styles = range(len(self.style_terms)) if len(self.style_terms) else [None]
@@ -340,34 +335,7 @@ class StyleTransferModule(pl.LightningModule):
             outputs.append(stylised.detach().float())
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,
                       batch_size=batch.shape[0])
-        self._previews.append((batch.detach(), torch.stack(outputs, dim=1)))
-
-    def on_validation_epoch_end(self) -> None:
-        """Gather the previews of all processes; rank 0 logs a content | stylised (one column per style) grid and
-        writes it as PNG."""
-        if not self._previews:
-            return
-        contents = torch.cat([content for content, _ in self._previews])
-        stylised = torch.cat([output for _, output in self._previews])  # N,K,3,H,W
-        self._previews.clear()
-        self.last_preview_step = self.global_step
-        if self.trainer.world_size > 1:
-            contents = self.all_gather(contents).flatten(0, 1)
-            stylised = self.all_gather(stylised).flatten(0, 1)
-        if not self.trainer.is_global_zero:
-            return
-        labels = ([f"stylised, step {self.global_step}"] if not len(self.style_terms)
-                  else [f"{name}, step {self.global_step}" for name in self.trained_style_names])
-        grid = labelled_grid([[c, *s] for c, s in zip(contents, stylised, strict=True)],
-                             col_labels=["content", *labels], cell_height=contents.shape[-2])
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("preview", pil_to_tensor(grid), self.global_step)
-        save_image(grid, self.preview_path(self.global_step))
-
-    def preview_path(self, step: int) -> Path:
-        """Where the preview grid of ``step`` is written: ``<run>/previews/step_000123.png``."""
-        return Path(self.trainer.default_root_dir) / "previews" / f"step_{step:06d}.png"
+        return torch.stack(outputs, dim=1)
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from fststyle.callbacks import PreviewGrids
 from fststyle.data import StyleDataModule
 from fststyle.devices import device_name
 from fststyle.errors import UserError
@@ -291,6 +292,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
         SignalStop(cfg.get("sigterm_grace_s"), checkpoints),
         LearningRateMonitor(logging_interval="step"),
         LossProgressBar(),
+        PreviewGrids(),
         ArtefactGuard(checkpoints, **(cfg.get("artefact_guard") or {})),
     ]
     for name, spec in (cfg.get("callbacks") or {}).items():
@@ -334,6 +336,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         guard = next(c for c in trainer.callbacks if isinstance(c, ArtefactGuard))
+        previews = next(c for c in trainer.callbacks if isinstance(c, PreviewGrids))
         steps = trainer.global_step
         restored = guard.stopped and guard.healthy_step is not None
         if restored:  # export the weights from before the alarm
@@ -342,7 +345,7 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
                                                 if k.startswith("transformer.")})
             steps = guard.healthy_step
             rank_zero_info(f"artefact guard: exporting the style model of step {steps} ({guard.healthy_path})")
-        elif not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
+        elif not trainer.fast_dev_run and previews.last_step not in (None, trainer.global_step):
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
         model_path = None
         if trainer.is_global_zero:
