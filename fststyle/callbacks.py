@@ -1,4 +1,4 @@
-"""Lightning callbacks for training style networks: the preview grids, and how far the fast network is from the
+"""Lightning callbacks for training style networks: the progress bar's loss, the preview grids, and how far the fast network is from the
 optimisation target."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fststyle import optimize
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 
 #: the held-out photos the training previews show (data/preview)
 PREVIEW_PHOTOS = bundled_path("data/preview")
+
+
+class LossProgressBar(TQDMProgressBar):
+    """The TQDM bar with the latest step's loss, from the module's host copy (no device sync of its own)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if getattr(pl_module, "last_loss", None) is not None:
+            metrics["loss"] = f"{pl_module.last_loss:.3g}"
+        return metrics
 
 
 class PreviewGrids(pl.Callback):

@@ -16,10 +16,11 @@ from PIL import Image
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fststyle.data import StyleDataModule
 from fststyle.images import load_image
 from fststyle.module import NonFiniteLossError, StyleTransferModule
 from fststyle.style_model import StyleModel
-from fststyle.training import build_module, data_module, train
+from fststyle.training import build_module, train
 from fststyle.vgg import VGGFeatures
 
 HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "optimizer.gamma=0.5"]
@@ -165,7 +166,7 @@ def test_non_finite_loss_stops_naming_the_step(tiny_config, tmp_path: Path) -> N
                          limit_val_batches=0, default_root_dir=tmp_path, callbacks=[PoisonWeightsAt(3)])
     module = build_module(cfg)
     with pytest.raises(NonFiniteLossError, match="global step 3"):
-        trainer.fit(module, datamodule=data_module(cfg["data"]))
+        trainer.fit(module, datamodule=StyleDataModule.from_config(cfg["data"]))
     assert trainer.global_step == 3  # no optimiser step ran on the non-finite loss
 
 
