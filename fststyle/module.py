@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from fststyle.artefacts import blob_share, hatching
+from fststyle.clipping import RunningNormClip
 from fststyle.errors import UserError
 from fststyle.finetune import freeze_all_but_new_styles
 from fststyle.images import load_image
@@ -27,9 +28,6 @@ from fststyle.losses import PerceptualLoss, PerturbedOutput
 from fststyle.train_settings import TrainingSettings
 from fststyle.transformer import TransformerNet, saturated_share
 
-#: adaptive gradient clipping (``optimizer.adaptive_clip``): the weight of the newest step in the running mean
-#: of gradient norms that a step's norm is clipped against (0.99: a memory of about 100 steps)
-GRADIENT_NORM_MOMENTUM = 0.99
 LOSS_PREFIX = "loss."
 
 
@@ -72,8 +70,9 @@ class StyleTransferModule(pl.LightningModule):
         self.settings = settings
         self.transformer = transformer
         self.transformer.bound_gradient_floor = float(settings.optimizer.bound_gradient_floor)
-        #: running mean of the clipped gradient norms (adaptive clipping); 0 until the first step of this process
-        self._gradient_norm_mean = torch.zeros(())
+        #: ``optimizer.adaptive_clip``: clips each step's gradients to a multiple of their running mean norm
+        self.gradient_clip = (RunningNormClip(settings.optimizer.adaptive_clip) if settings.optimizer.adaptive_clip
+                              else None)
         self.loss = loss
         #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
         self.style_images = style_images
@@ -254,27 +253,8 @@ class StyleTransferModule(pl.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Lightning's clipping (``trainer.gradient_clip_val``), then ``optimizer.adaptive_clip``."""
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if self.settings.optimizer.adaptive_clip:
-            self._clip_to_running_norm()
-
-    def _clip_to_running_norm(self) -> None:
-        """Scale the gradients so their global norm is at most ``adaptive_clip`` x the running mean of the past
-        steps' (clipped) norms, on the device with no host sync. A fixed ``gradient_clip_val`` would need a value
-        per preset, as the loss weights differ by 1e5 between them; a multiple of the run's own typical norm
-        needs none (AutoClip, Seetharaman et al. 2020, clips to a percentile of the norm history likewise). A
-        non-finite norm (a skipped fp16 step) leaves the gradients and the mean alone."""
-        gradients = [p.grad for p in self.transformer.parameters() if p.grad is not None]
-        if not gradients:
-            return
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)).float())
-        mean = self._gradient_norm_mean.to(norm.device)
-        limit = torch.where(mean > 0, self.settings.optimizer.adaptive_clip * mean, norm)
-        finite = torch.isfinite(norm)
-        scale = torch.where(finite, (limit / norm.clamp_min(1e-30)).clamp(max=1.0), torch.ones_like(norm))
-        torch._foreach_mul_(gradients, scale)
-        clipped = torch.minimum(norm, limit)
-        updated = torch.where(mean > 0, GRADIENT_NORM_MOMENTUM * mean + (1 - GRADIENT_NORM_MOMENTUM) * clipped, norm)
-        self._gradient_norm_mean = torch.where(finite, updated, mean)
+        if self.gradient_clip is not None:
+            self.gradient_clip(self.transformer.parameters())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Stop every process together after the step in which any of them asked to (SIGTERM, Ctrl-C)."""
