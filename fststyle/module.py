@@ -124,13 +124,14 @@ class StyleTransferModule(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
-                             **_: Any) -> StyleTransferModule:
+                             strict: bool = True) -> StyleTransferModule:
         """The module a training checkpoint holds, this project's older ones too: rebuilt from its
-        hyper-parameters, its weights loaded strictly. Read weights-only: a checkpoint never unpickles code."""
+        hyper-parameters, then its weights loaded (``strict``: every key). Read weights-only: a checkpoint never
+        unpickles code. (Lightning's version calls ``cls(**hyper_parameters)``; this module takes built objects.)"""
         checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
         module = cls.from_hparams(checkpoint["hyper_parameters"])
         module.on_load_checkpoint(checkpoint)
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
         return module
 
     # ---- training ---------------------------------------------------------------------------------------
