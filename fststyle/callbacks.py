@@ -1,4 +1,5 @@
-"""Lightning callbacks for training style networks: how far the fast network is from the optimisation target."""
+"""Lightning callbacks for training style networks: the progress bar's loss, the preview grids, and how far the fast network is from the
+optimisation target."""
 
 from __future__ import annotations
 
@@ -11,19 +12,72 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from fststyle import optimize
 from fststyle.bundled import bundled_path
 from fststyle.errors import UserError
-from fststyle.images import image_files, load_image
+from fststyle.images import image_files, labelled_grid, load_image, pil_to_tensor, save_image
 from fststyle.losses import term_names
 
 log = logging.getLogger(__name__)
 
-
-
 #: the held-out photos the training previews show (data/preview)
 PREVIEW_PHOTOS = bundled_path("data/preview")
+
+
+class LossProgressBar(TQDMProgressBar):
+    """The TQDM bar with the latest step's loss, from the module's host copy (no device sync of its own)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if getattr(pl_module, "last_loss", None) is not None:
+            metrics["loss"] = f"{pl_module.last_loss:.3g}"
+        return metrics
+
+
+class PreviewGrids(pl.Callback):
+    """After every validation, a content | stylised grid of the preview photos (one stylised column per trained
+    style): logged as the TensorBoard image ``preview`` and written to ``<run>/previews/step_000123.png`` by rank 0,
+    from the stylised photos N,K,3,H,W that ``StyleTransferModule.validation_step`` returns."""
+
+    def __init__(self) -> None:
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: the global step of the latest preview grid (None: none yet)
+        self.last_step: int | None = None
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: torch.Tensor,
+                                batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Keep the batch's contents N,3,H,W and stylised photos N,K,3,H,W for the grid."""
+        self._batches.append((batch.detach(), outputs))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Gather the previews of all processes; rank 0 logs and writes the grid."""
+        if not self._batches:
+            return
+        contents = torch.cat([content for content, _ in self._batches])
+        stylised = torch.cat([output for _, output in self._batches])  # N,K,3,H,W
+        self._batches.clear()
+        step = self.last_step = trainer.global_step
+        if trainer.world_size > 1:
+            contents = pl_module.all_gather(contents).flatten(0, 1)
+            stylised = pl_module.all_gather(stylised).flatten(0, 1)
+        if not trainer.is_global_zero:
+            return
+        labels = ([f"stylised, step {step}"] if not len(pl_module.style_terms)
+                  else [f"{name}, step {step}" for name in pl_module.trained_style_names])
+        grid = labelled_grid([[c, *s] for c, s in zip(contents, stylised, strict=True)],
+                             col_labels=["content", *labels], cell_height=contents.shape[-2])
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("preview", pil_to_tensor(grid), step)
+        save_image(grid, self.path(trainer, step))
+
+    @staticmethod
+    def path(trainer: pl.Trainer, step: int) -> Path:
+        """Where the preview grid of ``step`` is written: ``<run>/previews/step_000123.png``."""
+        return Path(trainer.default_root_dir) / "previews" / f"step_{step:06d}.png"
 
 
 class GatysGapCallback(pl.Callback):

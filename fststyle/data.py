@@ -8,8 +8,9 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -20,11 +21,12 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from fststyle.errors import UserError
-from fststyle.files import atomic_write
+from fststyle.files import atomic_write, resolved_path
 from fststyle.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     ImageReadError,
+    image_files,
     list_images,
     open_image,
     pil_to_tensor,
@@ -320,6 +322,19 @@ class StyleDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.train_set: _RandomCropImages | None = None
         self.preview_set: PreviewImages | None = None
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> StyleDataModule:
+        """From the ``data`` config group, its paths resolved; ``preview`` may be a folder or a list of files."""
+        data = dict(data)
+        # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
+        data["root"] = str(resolved_path(data["root"], "training images (data.root)"))
+        preview = data.get("preview") or []
+        data["preview"] = ([str(p.resolve()) for p in image_files(preview, "preview folder (data.preview)")]
+                           if preview else [])
+        if data.get("cache_dir") is not None:
+            data["cache_dir"] = str(resolved_path(data["cache_dir"], "cache_dir", must_exist=False))
+        return cls(**data)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the training images and decode the preview photos (once)."""

@@ -153,3 +153,13 @@ def mark_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.Path
     marker = folder / OUTPUT_MARKER
     if not marker.exists():
         atomic_write_text(marker, _MARKER_TEXT)
+
+
+def resolved_path(value: str | os.PathLike, what: str, must_exist: bool = True) -> Path:
+    """An absolute path (relative ones resolve against the working directory the command ran in); a missing
+    one is a FileNotFoundError naming ``what`` and how it resolved."""
+    path = Path(value).expanduser().resolve()
+    if must_exist and not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path} (from {value!r}; relative paths resolve against "
+                                f"{Path.cwd()}). Fix the path, or run from the directory it is relative to.")
+    return path

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
@@ -71,6 +72,13 @@ class ArtefactGuard(Callback):
     def healthy_path(self) -> Path:
         return self.checkpoints / HEALTHY_CHECKPOINT
 
+    def load_healthy_weights(self, transformer: torch.nn.Module) -> None:
+        """Put the transformer weights of ``healthy.ckpt`` (the last validation without an alarm) into
+        ``transformer``."""
+        state = torch.load(self.healthy_path, map_location="cpu", weights_only=True)["state_dict"]
+        transformer.load_state_dict({k[len("transformer."):]: v for k, v in state.items()
+                                     if k.startswith("transformer.")})
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_step == 0 or trainer.state.fn != TrainerFn.FITTING:
             return  # the untrained network, or a validate() outside fit
@@ -119,3 +127,23 @@ class ArtefactGuard(Callback):
         return (f"artefact guard: step {self.alarm.step}: {self.alarm.reason}; {back}; {action}. To train on from "
                 f"it: ckpt_path={self.healthy_path} with optimizer.lr halved, or optimizer.adaptive_clip=2 "
                 "(docs/training.md, 'Blobs')")
+
+
+def artefact_metadata(figures: dict[str, float], step: int) -> dict[str, Any] | None:
+    """The held-out artefact figures a model records: ``{"step", "blobs", "hatching"}`` and, for a network of
+    several styles, ``"styles": {name: {"blobs", "hatching"}}``; None without a validation (no preview photos).
+    A hatching figure of photos without flat areas is NaN, recorded as null (JSON has no NaN)."""
+    if not figures:
+        return None
+
+    def number(value: float) -> float | None:
+        return value if value == value else None
+
+    artefacts: dict[str, Any] = {"step": step}
+    for name, value in figures.items():
+        style, _, figure = name.rpartition("/")
+        if style:
+            artefacts.setdefault("styles", {}).setdefault(style, {})[figure] = number(value)
+        else:
+            artefacts[figure] = number(value)
+    return artefacts

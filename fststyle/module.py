@@ -1,34 +1,33 @@
-"""Lightning training module: the Johnson transformer trained against the shared ``PerceptualLoss``.
+"""Lightning training module: a built Johnson transformer trained against a built ``PerceptualLoss``.
 
-Hyper-parameters are plain Python containers, so a checkpoint loads with ``torch.load(weights_only=True)``
-and ``fststyle.export`` can turn it into a style model. The frozen VGG is not stored in checkpoints: it
-is rebuilt from the loss config, and its current weights are put back before the state dict loads.
+The module is handed its network, its loss with the style targets set (or one targeted copy of the style terms
+per style, for a network of several) and its ``TrainingSettings``; ``from_settings`` builds them. The settings'
+plain form is the checkpoint's hyper-parameters, so a checkpoint loads with ``torch.load(weights_only=True)``,
+``load_from_checkpoint`` rebuilds the module from it, and ``fststyle.export`` can turn it into a style model. The
+frozen VGG is not stored in checkpoints: it is rebuilt from the loss config, and its current weights are put back
+before the state dict loads.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from fststyle.artefacts import blob_share, hatching
+from fststyle.clipping import RunningNormClip
 from fststyle.errors import UserError
-from fststyle.images import labelled_grid, load_image, pil_to_tensor, save_image
+from fststyle.finetune import freeze_all_but_new_styles
+from fststyle.images import load_image
 from fststyle.losses import PerceptualLoss, PerturbedOutput
-from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet, saturated_share
+from fststyle.train_settings import TrainingSettings
+from fststyle.transformer import TransformerNet, saturated_share
 
-#: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
-DEFAULT_LR = 1e-3
-SCHEDULES = ("none", "cosine", "step")
-#: adaptive gradient clipping (``optimizer.adaptive_clip``): the weight of the newest step in the running mean
-#: of gradient norms that a step's norm is clipped against (0.99: a memory of about 100 steps)
-GRADIENT_NORM_MOMENTUM = 0.99
 LOSS_PREFIX = "loss."
 
 
@@ -36,78 +35,58 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf; raised before the optimiser step so no weights are poisoned."""
 
 
+def style_targets(loss: PerceptualLoss, style_images: list[torch.Tensor], settings: TrainingSettings) -> nn.ModuleList:
+    """Set ``loss``'s style targets from the style images 1,3,H,W (blended as ``settings.style.blend`` says) and
+    return no per-style terms; for a network of several styles, leave ``loss`` untargeted and return one targeted
+    copy of its style terms per trained style, in order."""
+    if settings.transformer.styles == 1:
+        loss.set_style(style_images, None if settings.style.blend is None else list(settings.style.blend))
+        return nn.ModuleList()
+    if loss.style is None:
+        raise UserError("several styles in one network need style layers (loss.style_layers)")
+    return nn.ModuleList(loss.targeted_style_terms([image]) for image in style_images)
+
+
 class StyleTransferModule(pl.LightningModule):
     """Trains ``transformer`` (N,3,H,W -> N,3,H,W in [0,1]) to minimise ``loss`` for one style, a blend, or
     several styles at once in one network of conditional instance norms (Dumoulin et al. 2017).
 
-    Args (all plain containers, saved as hyper-parameters):
-        transformer: ``TransformerConfig`` fields, e.g. ``{"width": 1.0, "residual_blocks": 5}``.
-        loss: the mapping ``PerceptualLoss.from_config`` takes (network, layers, weights of every term); its
-            terms that perturb the network's input (``stability_weight`` > 0) get the network's outputs for the
+    Args:
+        transformer: the network, ``settings.transformer``'s architecture (a fine-tune's already frozen but for
+            its new styles, ``fststyle.finetune``).
+        loss: the loss ``settings.loss`` describes, its style targets set for a network of one style; its terms
+            that perturb the network's input (``stability_weight`` > 0) get the network's outputs for the
             perturbed copies in training.
-        style: ``{"name", "paths", "blend", "size", "names"}``; the images are read from ``paths`` with their
-            longer side resized to ``size`` (None: as is), and the style targets are computed once, here.
-            ``names`` (one per path) makes each image a style of its own, with its own scale and shift in every
-            instance norm; each image of a batch is paired with one of them, in turn. Without ``names`` the
-            images' Gram targets blend (weights ``blend``) into one style.
-        finetune: ``{"from", "styles": [{"name", "steps"}...]}``: the network's first styles are those of the
-            trained model ``from`` (loaded by ``fststyle.training``); they and every convolution stay frozen,
-            and only the new styles' scale and shift train.
-        image_size: side of the square training crops (recorded in exported models' metadata).
-        optimizer: ``{"lr", "schedule": none|cosine|step, "step_size", "gamma", "min_lr"}``.
-        channels_last: keep transformer, VGG and batches in NHWC memory format (GPU tensor cores).
-        compile: ``torch.compile`` the transformer and the VGG in place (state-dict keys unchanged).
+        style_images: the style images 1,3,H,W the targets were computed from (the Gatys gap callback's).
+        style_terms: for a network of several styles, one targeted copy of the loss's style terms per trained
+            style (``style_targets``); each image of a batch is paired with one of them, in turn. Empty otherwise.
+        settings: the run's settings, saved as the checkpoint's hyper-parameters.
     """
 
-    def __init__(self, transformer: dict[str, Any], loss: dict[str, Any], style: dict[str, Any],
-                 image_size: int, optimizer: dict[str, Any] | None = None, channels_last: bool = False,
-                 compile: bool = False, finetune: dict[str, Any] | None = None) -> None:
+    def __init__(self, transformer: TransformerNet, loss: PerceptualLoss, style_images: list[torch.Tensor],
+                 style_terms: nn.ModuleList, settings: TrainingSettings) -> None:
         super().__init__()
-        optimizer = {"lr": DEFAULT_LR, "schedule": "none", "adaptive_clip": 0.0, "bound_gradient_floor": 0.0,
-                     **(optimizer or {})}
-        if optimizer["schedule"] not in SCHEDULES:
-            raise UserError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {optimizer['schedule']!r}")
-        if optimizer["adaptive_clip"] < 0 or 0 < optimizer["adaptive_clip"] < 1:
-            raise UserError(f"optimizer.adaptive_clip must be 0 (off) or at least 1 (a multiple of the running "
-                            f"gradient norm), got {optimizer['adaptive_clip']}; e.g. optimizer.adaptive_clip=2")
-        if not 0 <= optimizer["bound_gradient_floor"] <= 0.5:
-            raise UserError(f"optimizer.bound_gradient_floor must be from 0 (off) to 0.5 (the bound's steepest "
-                            f"slope), got {optimizer['bound_gradient_floor']}")
-        #: the styles learned apart (one scale and shift each); None: one style, or one blend of the images
-        self.style_names: list[str] | None = list(style["names"]) if style.get("names") else None
-        #: styles of the fine-tuned model, frozen; the trained ones follow them in the network
-        self.frozen_styles = len((finetune or {}).get("styles") or [])
-        trained_styles = len(self.style_names) if self.style_names else 1
-        transformer = {**transformer, "styles": self.frozen_styles + trained_styles}
-        self.save_hyperparameters({"transformer": transformer, "loss": dict(loss), "style": dict(style),
-                                   "image_size": int(image_size), "optimizer": optimizer,
-                                   "channels_last": bool(channels_last), "compile": bool(compile),
-                                   "finetune": finetune})
-        self.transformer = TransformerNet(TransformerConfig(**transformer))
-        self.transformer.bound_gradient_floor = float(optimizer["bound_gradient_floor"])
-        #: running mean of the clipped gradient norms (adaptive clipping); 0 until the first step of this process
-        self._gradient_norm_mean = torch.zeros(())
-        self.loss = PerceptualLoss.from_config(loss)
+        self.save_hyperparameters(settings.to_hparams())
+        self.settings = settings
+        self.transformer = transformer
+        self.transformer.bound_gradient_floor = float(settings.optimizer.bound_gradient_floor)
+        #: ``optimizer.adaptive_clip``: clips each step's gradients to a multiple of their running mean norm
+        self.gradient_clip = (RunningNormClip(settings.optimizer.adaptive_clip) if settings.optimizer.adaptive_clip
+                              else None)
+        self.loss = loss
         #: style images 1,3,H,W in [0,1] on the CPU, kept for the exported model
-        self.style_images = [load_image(path, size=style.get("size")) for path in style["paths"]]
+        self.style_images = style_images
         #: the style images the exported model stores, in the network's style order (a fine-tune puts its base
         #: model's in front; None when that model stores none)
-        self.model_style_images: list[torch.Tensor] | None = list(self.style_images)
-        #: per trained style, targeted copies of the loss's style terms, when the network holds several
-        self.style_terms = nn.ModuleList()
-        if self.transformer.config.styles > 1:
-            if self.loss.style is None:
-                raise UserError("several styles in one network need style layers (loss.style_layers)")
-            self.style_terms.extend(self.loss.targeted_style_terms([image]) for image in self.style_images)
-        else:
-            self.loss.set_style(self.style_images, style.get("blend"))
-        if self.frozen_styles:
-            self._freeze_all_but_new_styles()
-        self.channels_last = channels_last
-        if channels_last:
+        self.model_style_images: list[torch.Tensor] | None = list(style_images)
+        self.style_terms = style_terms
+        #: styles of the fine-tuned model, frozen; the trained ones follow them in the network
+        self.frozen_styles = settings.frozen_styles
+        self.channels_last = settings.networks.channels_last
+        if self.channels_last:
             self.transformer.to(memory_format=torch.channels_last)
             self.loss.vgg.to(memory_format=torch.channels_last)
-        if compile:
+        if settings.networks.compile:
             self.transformer.compile()
             self.loss.vgg.compile()
         #: images the data loader could not read, on this process, since this run started
@@ -125,20 +104,35 @@ class StyleTransferModule(pl.LightningModule):
         self._last_terms: dict[str, torch.Tensor] = {}
         #: the sum of ``skipped_images`` over all processes, set when training ends
         self.skipped_images_total = 0
-        self._previews: list[tuple[torch.Tensor, torch.Tensor]] = []
-        #: the global step of the latest preview grid (None: none yet)
-        self.last_preview_step: int | None = None
 
-    def _freeze_all_but_new_styles(self) -> None:
-        """Fine-tuning: no gradient for the convolutions, and none for the frozen styles' rows of the S,C norm
-        scale and shift (a zero gradient leaves Adam's step exactly zero, so those rows stay bit-identical)."""
-        keep = torch.arange(self.transformer.config.styles) >= self.frozen_styles
-        for module in self.transformer.modules():
-            for parameter in module.parameters(recurse=False):
-                if isinstance(module, InstanceNorm2d):
-                    parameter.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype)[:, None])
-                else:
-                    parameter.requires_grad_(False)
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings) -> StyleTransferModule:
+        """The module over the network, loss and style targets ``settings`` describe (style images read from their
+        paths, targets computed once, on the CPU; a fine-tune's network frozen but for its new styles, with fresh
+        weights: ``fststyle.finetune.start_from_base`` loads the base model's)."""
+        transformer = TransformerNet(settings.transformer)
+        if settings.frozen_styles:
+            freeze_all_but_new_styles(transformer, settings.frozen_styles)
+        loss = PerceptualLoss.from_config(settings.loss)
+        style_images = [load_image(path, size=settings.style.size) for path in settings.style.paths]
+        return cls(transformer, loss, style_images, style_targets(loss, style_images, settings), settings)
+
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> StyleTransferModule:
+        """The module a checkpoint's hyper-parameters describe (``TrainingSettings.to_hparams``), untrained."""
+        return cls.from_settings(TrainingSettings.from_hparams(hparams))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
+                             strict: bool = True) -> StyleTransferModule:
+        """The module a training checkpoint holds, this project's older ones too: rebuilt from its
+        hyper-parameters, then its weights loaded (``strict``: every key). Read weights-only: a checkpoint never
+        unpickles code. (Lightning's version calls ``cls(**hyper_parameters)``; this module takes built objects.)"""
+        checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+        module = cls.from_hparams(checkpoint["hyper_parameters"])
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
+        return module
 
     # ---- training ---------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, style_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +143,7 @@ class StyleTransferModule(pl.LightningModule):
     @property
     def trained_style_names(self) -> list[str]:
         """The names of the styles this run trains, in the order of ``style_terms``."""
-        return self.style_names or [self.hparams.style["name"]]
+        return self.settings.style.trained_names
 
     def batch_styles(self, batch_size: int, batch_number: int) -> list[int] | None:
         """The trained style (an index into ``style_terms``) of each image of batch ``batch_number`` (counted
@@ -260,27 +254,8 @@ class StyleTransferModule(pl.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Lightning's clipping (``trainer.gradient_clip_val``), then ``optimizer.adaptive_clip``."""
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if self.hparams.optimizer["adaptive_clip"]:
-            self._clip_to_running_norm()
-
-    def _clip_to_running_norm(self) -> None:
-        """Scale the gradients so their global norm is at most ``adaptive_clip`` x the running mean of the past
-        steps' (clipped) norms, on the device with no host sync. A fixed ``gradient_clip_val`` would need a value
-        per preset, as the loss weights differ by 1e5 between them; a multiple of the run's own typical norm
-        needs none (AutoClip, Seetharaman et al. 2020, clips to a percentile of the norm history likewise). A
-        non-finite norm (a skipped fp16 step) leaves the gradients and the mean alone."""
-        gradients = [p.grad for p in self.transformer.parameters() if p.grad is not None]
-        if not gradients:
-            return
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)).float())
-        mean = self._gradient_norm_mean.to(norm.device)
-        limit = torch.where(mean > 0, self.hparams.optimizer["adaptive_clip"] * mean, norm)
-        finite = torch.isfinite(norm)
-        scale = torch.where(finite, (limit / norm.clamp_min(1e-30)).clamp(max=1.0), torch.ones_like(norm))
-        torch._foreach_mul_(gradients, scale)
-        clipped = torch.minimum(norm, limit)
-        updated = torch.where(mean > 0, GRADIENT_NORM_MOMENTUM * mean + (1 - GRADIENT_NORM_MOMENTUM) * clipped, norm)
-        self._gradient_norm_mean = torch.where(finite, updated, mean)
+        if self.gradient_clip is not None:
+            self.gradient_clip(self.transformer.parameters())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Stop every process together after the step in which any of them asked to (SIGTERM, Ctrl-C)."""
@@ -302,27 +277,27 @@ class StyleTransferModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam on the transformer only (the VGG is frozen), with an optional per-step schedule."""
-        settings = self.hparams.optimizer
+        settings = self.settings.optimizer
         trainable = [parameter for parameter in self.transformer.parameters() if parameter.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=settings["lr"])
-        if settings["schedule"] == "none":
+        optimizer = torch.optim.Adam(trainable, lr=settings.lr)
+        if settings.schedule == "none":
             return {"optimizer": optimizer}
-        if settings["schedule"] == "cosine":
+        if settings.schedule == "cosine":
             total = self.trainer.max_steps
             if total is None or total <= 0:
                 raise UserError("optimizer.schedule=cosine needs trainer.max_steps > 0 (the schedule's length)")
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total,
-                                                                   eta_min=settings.get("min_lr", 0.0))
+                                                                   eta_min=settings.min_lr)
         else:
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings["step_size"],
-                                                        gamma=settings.get("gamma", 0.1))
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.step_size,
+                                                        gamma=settings.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- previews ---------------------------------------------------------------------------------------
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Stylise the fixed preview photos N,3,S,S in every trained style; log their loss terms, saturated
-        share and artefact figures, blobs and hatching (fststyle.artefacts), averaged over processes, per style
-        too when there are several."""
+    # ---- validation ---------------------------------------------------------------------------------------
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Stylise the fixed preview photos N,3,S,S in every trained style -> N,K,3,S,S (K styles, for the
+        ``PreviewGrids`` callback); log their loss terms, saturated share and artefact figures, blobs and hatching
+        (fststyle.artefacts), averaged over processes, per style too when there are several."""
         batch = self.to_memory_format(batch)
         outputs, terms = [], {}
         styles = range(len(self.style_terms)) if len(self.style_terms) else [None]
@@ -341,34 +316,7 @@ class StyleTransferModule(pl.LightningModule):
             outputs.append(stylised.detach().float())
         self.log_dict({f"val/{name}": value for name, value in terms.items()}, sync_dist=True,
                       batch_size=batch.shape[0])
-        self._previews.append((batch.detach(), torch.stack(outputs, dim=1)))
-
-    def on_validation_epoch_end(self) -> None:
-        """Gather the previews of all processes; rank 0 logs a content | stylised (one column per style) grid and
-        writes it as PNG."""
-        if not self._previews:
-            return
-        contents = torch.cat([content for content, _ in self._previews])
-        stylised = torch.cat([output for _, output in self._previews])  # N,K,3,H,W
-        self._previews.clear()
-        self.last_preview_step = self.global_step
-        if self.trainer.world_size > 1:
-            contents = self.all_gather(contents).flatten(0, 1)
-            stylised = self.all_gather(stylised).flatten(0, 1)
-        if not self.trainer.is_global_zero:
-            return
-        labels = ([f"stylised, step {self.global_step}"] if not len(self.style_terms)
-                  else [f"{name}, step {self.global_step}" for name in self.trained_style_names])
-        grid = labelled_grid([[c, *s] for c, s in zip(contents, stylised, strict=True)],
-                             col_labels=["content", *labels], cell_height=contents.shape[-2])
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("preview", pil_to_tensor(grid), self.global_step)
-        save_image(grid, self.preview_path(self.global_step))
-
-    def preview_path(self, step: int) -> Path:
-        """Where the preview grid of ``step`` is written: ``<run>/previews/step_000123.png``."""
-        return Path(self.trainer.default_root_dir) / "previews" / f"step_{step:06d}.png"
+        return torch.stack(outputs, dim=1)
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -379,24 +327,12 @@ class StyleTransferModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose network holds another number of styles (one line, not a state-dict size
         mismatch); put this module's VGG weights back so the state dict loads strictly."""
-        saved = checkpoint.get("hyper_parameters") or {}
-        saved_styles = _network_style_names(saved)
-        if len(saved_styles) != self.transformer.config.styles:
-            raise UserError(f"the checkpoint was trained on the styles {', '.join(saved_styles)} "
-                            f"(finetune_from={(saved.get('finetune') or {}).get('from')}), this run's settings give "
-                            f"{', '.join(_network_style_names(dict(self.hparams)))}: resume with the style=, "
+        saved = TrainingSettings.from_hparams(checkpoint["hyper_parameters"])
+        if saved.transformer.styles != self.transformer.config.styles:
+            source = saved.finetune.source if saved.finetune is not None else None
+            raise UserError(f"the checkpoint was trained on the styles {', '.join(saved.network_style_names)} "
+                            f"(finetune_from={source}), this run's settings give "
+                            f"{', '.join(self.settings.network_style_names)}: resume with the style=, "
                             "style_mode=, style_names= and finetune_from= it was trained with")
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(LOSS_PREFIX)})
 
-
-def style_name(paths: list[str]) -> str:
-    """A model name from its style images' file names: ``starry_night`` or ``starry_night+udnie``."""
-    return "+".join(Path(p).stem for p in paths)
-
-
-def _network_style_names(hparams: dict[str, Any]) -> list[str]:
-    """The names of the styles a module's hyper-parameters put in its network, in order (a fine-tune's base
-    styles first)."""
-    style = hparams.get("style") or {}
-    base = [entry["name"] for entry in (hparams.get("finetune") or {}).get("styles") or []]
-    return [*base, *(style.get("names") or [style.get("name")])]

@@ -1,18 +1,15 @@
-"""``train(cfg)``: build the data, the module and a Lightning Trainer from a config mapping, fit, export.
+"""``train(cfg)`` wires a run and does nothing more: it builds the data, the module (network, loss and style
+targets), the callbacks and a Lightning Trainer from a config mapping, fits, and exports the style model.
 
-Hydra-free: it takes the composed ``train.yaml`` (a DictConfig or a plain mapping). ``fststyle train`` is the
+The parts live elsewhere: settings in ``train_settings``, the module in ``module``, fine-tuning in ``finetune``,
+checkpoints in ``checkpoints``, signal handling in ``signals``, previews and the progress bar in ``callbacks``,
+the artefact guard in ``guard``. Hydra-free: it takes the composed ``train.yaml`` (a DictConfig or a plain mapping). ``fststyle train`` is the
 Hydra entry point that composes it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import socket
-import sys
-import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,35 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from lightning_fabric.plugins import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
-from pytorch_lightning.callbacks import (
-    Callback,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    OnExceptionCheckpoint,
-    TQDMProgressBar,
-)
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from fststyle.callbacks import LossProgressBar, PreviewGrids
+from fststyle.checkpoints import LAST_CHECKPOINT, AtomicCheckpointIO, InterruptCheckpoint, resume_checkpoint
 from fststyle.data import StyleDataModule
 from fststyle.devices import device_name
 from fststyle.errors import UserError
-from fststyle.files import atomic_write
-from fststyle.guard import ArtefactGuard, artefact_figures
-from fststyle.images import image_files
-from fststyle.model_header import MAX_STYLE_NAME
-from fststyle.module import NonFiniteLossError, StyleTransferModule, style_name
+from fststyle.files import resolved_path
+from fststyle.finetune import finetune_base, model_style_images, start_from_base
+from fststyle.guard import ArtefactGuard, artefact_figures, artefact_metadata
+from fststyle.module import StyleTransferModule
+from fststyle.signals import SignalStop
 from fststyle.style_model import StyleModel, training_metadata
+from fststyle.train_settings import TrainingSettings, plain_config
 
-LAST_CHECKPOINT = "last.ckpt"
-#: how a list of style images trains: blend (one style from their blended Gram targets) | multi (one network,
-#: each image a style with its own instance-norm scale and shift, Dumoulin et al. 2017)
-STYLE_MODES = ("blend", "multi")
 #: what Lightning warns when fit(ckpt_path=None) finds no last checkpoint of InterruptCheckpoint's: a fresh run
 NO_LAST_CHECKPOINT_WARNINGS = (r"`\.fit\(ckpt_path=None\)` was called without a model|"
                                r"\.fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint")
@@ -57,178 +44,6 @@ NO_LAST_CHECKPOINT_WARNINGS = (r"`\.fit\(ckpt_path=None\)` was called without a 
 def without_advertisements(record: logging.LogRecord) -> bool:
     """A logging filter that drops Lightning's tip to install its cloud logger (printed at every run's start)."""
     return "try installing [litlogger]" not in record.getMessage()
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes local checkpoints to a temporary file beside the target, then renames it over the target:
-    an interrupted save never leaves a truncated ``last.ckpt`` (fsspec's transaction moves a file from
-    the temp dir, which is a copy when /tmp is another file system)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
-                        storage_options: Any | None = None) -> None:
-        if "://" in str(path):  # s3://, gs://: object stores upload whole objects already
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        with atomic_write(path) as tmp:
-            torch.save(checkpoint, tmp)
-
-
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's OnExceptionCheckpoint writing ``last.ckpt`` after the step a signal stopped, and at the end.
-
-    Subclassed as ``last.ckpt`` is the resume point, not a crash dump: the base class saves on any exception
-    (here not on an error such as a NaN loss: the last good periodic checkpoint stays; nor on a second Ctrl-C,
-    which may land mid-step) and deletes its file at teardown. ModelCheckpoint's ``save_last`` misses the end.
-    """
-
-    def __init__(self, checkpoints: Path) -> None:
-        super().__init__(checkpoints, filename=Path(LAST_CHECKPOINT).stem)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt | NonFiniteLossError):
-            rank_zero_warn(f"No checkpoint written; resume from the latest one: ckpt_path={Path(self.dirpath).parent}")
-            return
-        # After a Ctrl-C, DataLoader workers (same process group) may die first, between steps: the weights are
-        # intact then. Other processes may be elsewhere, where a synchronised save could hang.
-        if isinstance(exception, SIGTERMException) or (pl_module.stop_requested and trainer.world_size == 1):
-            super().on_exception(trainer)
-            rank_zero_info(f"Saved {self.ckpt_path} at global step {trainer.global_step}; "
-                           f"resume with ckpt_path={Path(self.dirpath).parent}")
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Keep ``last.ckpt`` (the base class removes its file here)."""
-
-
-class SignalStop(Callback):
-    """SIGTERM or a first Ctrl-C stops every process together after the current step, and always ends the run.
-
-    Lightning's own SIGTERM handler runs a broadcast inside the handler, i.e. a collective started at whatever
-    point the signal finds one process, which can pair with a different collective of another process and
-    deadlock. From ``on_train_start`` this handler replaces it: it only sets ``stop_requested`` on the module,
-    which the step's one all-reduce carries to every process, so all of them stop after the same step
-    (``InterruptCheckpoint`` then writes ``last.ckpt``). During fit a first Ctrl-C (SIGINT) takes the same
-    path; a second one interrupts at once.
-
-    A process blocked in native code (a collective waiting for a rank that never comes, a hung reader) runs no
-    Python signal handler at all. So a watchdog thread, woken through ``signal.set_wakeup_fd`` (written by the
-    C-level handler whatever the main thread is doing), ends the process with status 143 (130 after Ctrl-C),
-    and the ranks it started, if the graceful stop has not ended it ``grace_s`` seconds after the signal.
-    """
-
-    #: whether a watchdog of this process is listening (forked children then drop the inherited wakeup fd)
-    watching = False
-
-    def __init__(self, grace_s: float | None, checkpoints: Path) -> None:
-        self.grace_s = grace_s
-        self.checkpoints = checkpoints
-        self._pid = os.getpid()
-        self._module: StyleTransferModule | None = None
-        self._trainer: pl.Trainer | None = None
-        self._finished = threading.Event()
-        self._wakeup: tuple[socket.socket, socket.socket, int] | None = None
-        self.interrupted = False  # by a Ctrl-C: the exit status is 130, not 143
-        self._previous_sigint: Any = None
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._pid, self._trainer, self._module = os.getpid(), trainer, pl_module
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-            if self.grace_s is not None:
-                self._start_watchdog()
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked DataLoader worker (Ctrl-C reaches the whole process group): keep serving batches
-        self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-        rank_zero_info("\nInterrupted: stopping after this step and saving the last checkpoint "
-                       "(press Ctrl-C again to stop at once, without it)")
-        signal.raise_signal(signal.SIGTERM)
-
-    def on_fit_end(self, *_: Any) -> None:
-        """Give Ctrl-C back its previous handler when fit ends or raises (the final preview and export follow)."""
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
-
-    on_exception = on_fit_end
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():  # after Lightning registered its handler
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid or self._module is None:
-            return  # a forked DataLoader worker
-        if not self._module.stop_requested:
-            self._module.stop_requested = True
-            rank_zero_info("\nSIGTERM: stopping after this step and saving the last checkpoint")
-
-    def _start_watchdog(self) -> None:
-        reader, writer = socket.socketpair()
-        writer.setblocking(False)
-        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        self._wakeup = (reader, writer, previous)
-        SignalStop.watching = True
-        self._finished.clear()
-        threading.Thread(target=self._watch, args=(reader,), name="fststyle-sigterm-watchdog", daemon=True).start()
-
-    def close(self) -> None:
-        """Stop watching (train() calls it when it returns or raises, after the final preview and export)."""
-        self._finished.set()
-        if self._wakeup is not None and threading.current_thread() is threading.main_thread():
-            reader, writer, previous = self._wakeup
-            signal.set_wakeup_fd(previous)
-            writer.close()  # ends the watch thread's recv
-            self._wakeup = None
-            SignalStop.watching = False
-
-    def _watch(self, reader: socket.socket) -> None:
-        """Wait for SIGTERM or SIGINT, then give the graceful stop ``grace_s`` seconds before ending the process."""
-        seen: set[int] = set()
-        with reader:
-            while not seen & {signal.SIGTERM, signal.SIGINT}:
-                try:
-                    data = reader.recv(64)
-                except OSError:
-                    return
-                if not data:
-                    return  # closed: the run ended
-                seen.update(data)
-        if self._finished.wait(self.grace_s):
-            return
-        status = 130 if signal.SIGINT in seen else 143
-        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
-        if launcher is not None:
-            launcher.kill(signal.SIGKILL)  # the ranks this process started (fststyle train trainer=ddp)
-        print(f"error: training did not stop within {self.grace_s:g} s of the signal (a process is stuck, e.g. "
-              f"waiting for another in a collective); ending with status {status} and no new checkpoint. "
-              f"Resume from the latest one in {self.checkpoints}", file=sys.stderr, flush=True)
-        os._exit(status)
-
-
-def _forget_watchdog_in_child() -> None:
-    """A forked child (a DataLoader worker) must not wake its parent's watchdog with signals sent to it alone."""
-    if SignalStop.watching:
-        with contextlib.suppress(ValueError):  # forked from another thread: Python allows it from the main one only
-            signal.set_wakeup_fd(-1)
-
-
-os.register_at_fork(after_in_child=_forget_watchdog_in_child)
-
-
-class LossProgressBar(TQDMProgressBar):
-    """The TQDM bar with the latest step's loss, from the module's host copy (no device sync of its own)."""
-
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float]:
-        metrics = super().get_metrics(trainer, pl_module)
-        if getattr(pl_module, "last_loss", None) is not None:
-            metrics["loss"] = f"{pl_module.last_loss:.3g}"
-        return metrics
 
 
 @dataclass(frozen=True)
@@ -242,125 +57,17 @@ class TrainResult:
     module: StyleTransferModule
 
 
-#: what to say when a mandatory (``???``) setting is missing, by its key
-_MISSING_HINTS = {
-    "data.root": "pass data.root=/path/to/coco, the folder holding annotations/ and train2017/ (data/README.md "
-                 "says how to download MS-COCO), or try experiment=demo, which trains on the bundled sample offline",
-}
-
-
-def plain_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    """The config as plain, resolved Python containers; a missing mandatory value is a UserError naming it."""
-    if isinstance(cfg, DictConfig):
-        try:
-            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as error:
-            key = error.full_key
-            raise UserError(f"{key} is not set: {_MISSING_HINTS.get(key, f'pass {key}=<value>')}") from None
-    return dict(cfg)
-
-
-def _path(value: str | os.PathLike, what: str, must_exist: bool = True) -> Path:
-    """An absolute path (relative ones resolve against the working directory the command ran in)."""
-    path = Path(value).expanduser().resolve()
-    if must_exist and not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} (from {value!r}; relative paths resolve against "
-                                f"{Path.cwd()}). Fix the path, or run from the directory it is relative to.")
-    return path
-
-
-def resume_checkpoint(ckpt_path: str | os.PathLike) -> Path:
-    """The checkpoint ``ckpt_path=`` names: a ``.ckpt`` file, or a run directory or its ``checkpoints/`` folder
-    (their ``last.ckpt``)."""
-    path = _path(ckpt_path, "checkpoint to resume (ckpt_path)")
-    if not path.is_dir():
-        return path
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if (folder / LAST_CHECKPOINT).is_file():
-        return folder / LAST_CHECKPOINT
-    others = sorted(folder.glob("*.ckpt"))
-    fix = (f"pass one of its checkpoints, e.g. ckpt_path={others[-1]}" if others
-           else "pass a run directory whose checkpoints/ holds one, or a .ckpt file")
-    raise UserError(f"ckpt_path={ckpt_path}: no {LAST_CHECKPOINT} in {folder} (the run saved none); {fix}")
-
-
-def _style(cfg: dict[str, Any], base: StyleModel | None = None) -> dict[str, Any]:
-    """The module's ``style`` hyper-parameters from the ``style``, ``style_blend``, ``style_size``, ``style_mode``
-    and ``style_names`` keys; ``base`` is the model a fine-tune adds these styles to."""
-    paths = cfg["style"] if isinstance(cfg["style"], list | tuple) else [cfg["style"]]
-    if not paths or paths == [None]:
-        raise UserError("no style image: set style=path/to/painting.jpg (e.g. data/styles/starry_night.jpg)")
-    paths = [str(_path(p, "style image")) for p in paths]
-    mode = cfg.get("style_mode") or "blend"
-    if mode not in STYLE_MODES:
-        raise UserError(f"style_mode={mode!r} is not a mode; use one of {', '.join(STYLE_MODES)}")
-    style = {"name": style_name(paths), "paths": paths, "blend": cfg.get("style_blend"), "size": cfg.get("style_size")}
-    names = cfg.get("style_names")
-    if mode == "blend" and base is None:
-        if names is not None:
-            raise UserError("style_names= names the styles of style_mode=multi (or of finetune_from=); "
-                            "a blend is one style, named after its images")
-        return style
-    if style["blend"] is not None:
-        raise UserError("style_blend= blends the Gram targets of one style; styles learned apart blend at "
-                        "inference instead: fststyle stylize ... 'style={a: 0.5, b: 0.5}'")
-    if isinstance(names, str):  # style_names=painting: the one name of one style image
-        names = [names]
-    names = [str(name) for name in names] if names is not None else [Path(p).stem for p in paths]
-    taken = base.style_names if base is not None else []
-    if len(names) != len(paths):
-        raise UserError(f"style_names= has {len(names)} names for {len(paths)} style images; give one per image")
-    for index, name in enumerate(names):
-        # the model file's check (model_header.MAX_STYLE_NAME), and the exported file is named after the styles
-        if not 0 < len(name) <= MAX_STYLE_NAME or "/" in name or "\\" in name:
-            raise UserError(f"style_names= {name!r} is not a style name: give 1 to {MAX_STYLE_NAME} characters "
-                            "without / or \\ (the model file is named after its styles)")
-        if name in taken or name in names[:index]:
-            where = f"finetune_from={base.path} already holds" if name in taken else "two style images share"
-            raise UserError(f"{where} the style name {name!r}; name the new styles with style_names='[...]'")
-    return {**style, "name": "+".join([*taken, *names]), "names": names}
-
-
-def data_module(data: dict[str, Any]) -> StyleDataModule:
-    """The StyleDataModule with its paths resolved; ``preview`` may be a folder or a list of files."""
-    data = dict(data)
-    # str, not Path: the data module's hyper-parameters go into checkpoints read with weights_only=True
-    data["root"] = str(_path(data["root"], "training images (data.root)"))
-    preview = data.get("preview") or []
-    data["preview"] = [str(p.resolve()) for p in image_files(preview, "preview folder (data.preview)")] if preview else []
-    if data.get("cache_dir") is not None:
-        data["cache_dir"] = str(_path(data["cache_dir"], "cache_dir", must_exist=False))
-    return StyleDataModule(**data)
-
-
 def build_module(cfg: Mapping[str, Any] | DictConfig) -> StyleTransferModule:
-    """The StyleTransferModule a config describes (style targets computed, on the CPU)."""
+    """The StyleTransferModule a config describes (style targets computed, on the CPU); a fine-tune starts from
+    its base model's weights."""
     cfg = plain_config(cfg)
-    networks = cfg.get("networks") or {}
-    base = StyleModel.load(cfg["finetune_from"]) if cfg.get("finetune_from") else None
-    transformer, finetune = cfg["transformer"], None
-    if base is not None:  # the fine-tuned model's architecture, whatever the transformer group says
-        transformer = base.network.config.to_dict()
-        if transformer["norm"] != "instance":
-            raise UserError(f"finetune_from={base.path} has {transformer['norm']} norms; new styles need instance "
-                            "norms (their scale and shift are the style): train the styles together from scratch")
-        steps = [entry["steps"] for entry in base.metadata["styles"]] if "styles" in base.metadata \
-            else [base.metadata.get("steps") or 0]
-        finetune = {"from": str(base.path), "styles": [{"name": name, "steps": step}
-                                                       for name, step in zip(base.style_names, steps, strict=True)]}
-    module = StyleTransferModule(transformer=transformer, loss=cfg["loss"], style=_style(cfg, base),
-                                 image_size=cfg["data"]["image_size"], optimizer=cfg.get("optimizer"),
-                                 channels_last=bool(networks.get("channels_last", False)),
-                                 compile=bool(networks.get("compile", False)), finetune=finetune)
-    if base is not None:
-        grown = base.network.with_new_styles(module.transformer.config.styles - base.network.config.styles)
-        module.transformer.load_state_dict(grown.state_dict())
-        # one stored image per style, or none: a blend model stores its several images for its one style
-        one_each = base.style_images is not None and len(base.style_images) == base.network.config.styles
-        module.model_style_images = [*base.style_images, *module.style_images] if one_each else None
-        if base.style_images is not None and not one_each:
-            rank_zero_warn(f"finetune_from={base.path} stores {len(base.style_images)} style images for its "
-                           f"{base.network.config.styles} style(s) (a blend): the fine-tuned model stores none")
+    if not cfg.get("finetune_from"):
+        return StyleTransferModule.from_settings(TrainingSettings.from_config(cfg))
+    base, finetune = finetune_base(cfg["finetune_from"])
+    module = StyleTransferModule.from_settings(
+        TrainingSettings.from_config(cfg, finetune, transformer=base.network.config.to_dict()))
+    start_from_base(module.transformer, base)
+    module.model_style_images = model_style_images(base, module.style_images)
     return module
 
 
@@ -375,6 +82,7 @@ def _callbacks(cfg: dict[str, Any], checkpoints: Path) -> list[Callback]:
         SignalStop(cfg.get("sigterm_grace_s"), checkpoints),
         LearningRateMonitor(logging_interval="step"),
         LossProgressBar(),
+        PreviewGrids(),
         ArtefactGuard(checkpoints, **(cfg.get("artefact_guard") or {})),
     ]
     for name, spec in (cfg.get("callbacks") or {}).items():
@@ -391,13 +99,13 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     # The frozen VGG is in eval mode on purpose (VGGFeatures.train keeps it there).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(without_advertisements)
-    run_dir = _path(cfg["run_dir"], "run directory", must_exist=False)
+    run_dir = resolved_path(cfg["run_dir"], "run directory", must_exist=False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # checked before the networks and data are built
         ckpt_path = resume_checkpoint(ckpt_path)
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     trainer_args = dict(cfg["trainer"])
-    datamodule = data_module(cfg["data"])
+    datamodule = StyleDataModule.from_config(cfg["data"])
     module = build_module(cfg)
     checkpoints = run_dir / "checkpoints"
     if ckpt_path is None and (checkpoints / LAST_CHECKPOINT).is_file():
@@ -418,15 +126,14 @@ def train(cfg: Mapping[str, Any] | DictConfig) -> TrainResult:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         guard = next(c for c in trainer.callbacks if isinstance(c, ArtefactGuard))
+        previews = next(c for c in trainer.callbacks if isinstance(c, PreviewGrids))
         steps = trainer.global_step
         restored = guard.stopped and guard.healthy_step is not None
         if restored:  # export the weights from before the alarm
-            state = torch.load(guard.healthy_path, map_location="cpu", weights_only=True)["state_dict"]
-            module.transformer.load_state_dict({k[len("transformer."):]: v for k, v in state.items()
-                                                if k.startswith("transformer.")})
+            guard.load_healthy_weights(module.transformer)
             steps = guard.healthy_step
             rank_zero_info(f"artefact guard: exporting the style model of step {steps} ({guard.healthy_path})")
-        elif not trainer.fast_dev_run and module.last_preview_step not in (None, trainer.global_step):
+        elif not trainer.fast_dev_run and previews.last_step not in (None, trainer.global_step):
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final preview grid
         model_path = None
         if trainer.is_global_zero:
@@ -458,26 +165,6 @@ def _export(cfg: dict[str, Any], module: StyleTransferModule, run_dir: Path, ste
     figures of its last validation."""
     hparams = module.hparams
     path = cfg.get("export_path")
-    path = _path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
-    metadata = training_metadata(dict(hparams), steps, hardware, _artefact_metadata(figures, steps))
+    path = resolved_path(path, "export_path", must_exist=False) if path else run_dir / f"{hparams.style['name']}.safetensors"
+    metadata = training_metadata(dict(hparams), steps, hardware, artefact_metadata(figures, steps))
     return StyleModel(module.transformer, metadata, module.model_style_images).save(path)
-
-
-def _artefact_metadata(figures: dict[str, float], step: int) -> dict[str, Any] | None:
-    """The held-out artefact figures a model records: ``{"step", "blobs", "hatching"}`` and, for a network of
-    several styles, ``"styles": {name: {"blobs", "hatching"}}``; None without a validation (no preview photos).
-    A hatching figure of photos without flat areas is NaN, recorded as null (JSON has no NaN)."""
-    if not figures:
-        return None
-
-    def number(value: float) -> float | None:
-        return value if value == value else None
-
-    artefacts: dict[str, Any] = {"step": step}
-    for name, value in figures.items():
-        style, _, figure = name.rpartition("/")
-        if style:
-            artefacts.setdefault("styles", {}).setdefault(style, {})[figure] = number(value)
-        else:
-            artefacts[figure] = number(value)
-    return artefacts

@@ -27,8 +27,8 @@ def tiny_module() -> StyleTransferModule:
     torch.manual_seed(0)
     style = {"name": "starry_night", "paths": [str(bundled_path("data/styles/starry_night.jpg"))], "blend": None,
              "size": SIZE}
-    return StyleTransferModule(transformer={"width": 0.25, "residual_blocks": 1}, loss=LOSS, style=style,
-                               image_size=SIZE)
+    return StyleTransferModule.from_hparams({"transformer": {"width": 0.25, "residual_blocks": 1}, "loss": LOSS,
+                                             "style": style, "image_size": SIZE})
 
 
 def test_gap_is_logged_to_tensorboard_during_fit_and_training_targets_are_untouched(tmp_path):

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from fststyle.bundled import config_dir
 from fststyle.data import StyleDataModule
 from fststyle.losses import PerceptualLoss
-from fststyle.module import StyleTransferModule
 from fststyle.optimize import OptimizeSettings, settings_from_config
+from fststyle.train_settings import NetworkSettings, OptimizerSettings
 from fststyle.transformer import TransformerConfig
 
 CONF = config_dir()
@@ -44,7 +44,8 @@ TRAIN_CHOICES = [
 def test_train_options_compose_into_settings_the_code_accepts(compose, overrides: list[str]) -> None:
     cfg = OmegaConf.to_container(compose("train", *overrides, "data.root=.", "run_dir=."), resolve=True)
     assert set(cfg["trainer"]) <= keyword_names(pl.Trainer.__init__), "every trainer key is a Trainer argument"
-    assert set(cfg["networks"]) == {"channels_last", "compile"} <= keyword_names(StyleTransferModule.__init__)
+    assert set(cfg["networks"]) == {"channels_last", "compile"} <= keyword_names(NetworkSettings)
+    OptimizerSettings.from_config(cfg["optimizer"])
     assert set(cfg["data"]) <= keyword_names(StyleDataModule.__init__)
     TransformerConfig(**cfg["transformer"])
     loss = PerceptualLoss.from_config({**cfg["loss"], "network": {**cfg["loss"]["network"], "weights": "random"}})

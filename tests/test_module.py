@@ -16,10 +16,11 @@ from PIL import Image
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fststyle.data import StyleDataModule
 from fststyle.images import load_image
 from fststyle.module import NonFiniteLossError, StyleTransferModule
 from fststyle.style_model import StyleModel
-from fststyle.training import build_module, data_module, train
+from fststyle.training import build_module, train
 from fststyle.vgg import VGGFeatures
 
 HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "optimizer.gamma=0.5"]
@@ -108,6 +109,29 @@ def test_checkpoint_has_no_vgg_and_loads_weights_only(tiny_run) -> None:
         assert torch.equal(restored.transformer.state_dict()[name], value), name
 
 
+def test_a_checkpoint_of_the_module_before_it_took_built_objects_still_loads(tiny_run, tmp_path: Path) -> None:
+    """Checkpoints written when the module built its own network and loss from plain dicts (until 2026-12) hold
+    a partial transformer mapping and the optimiser defaults of that time: they load, resume and export alike."""
+    checkpoint = torch.load(tiny_run.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    checkpoint["hyper_parameters"] = {  # as fststyle's StyleTransferModule.__init__ saved them then
+        "transformer": {"width": 0.25, "residual_blocks": 5, "norm": "instance", "upsample": "nearest", "styles": 1},
+        "loss": hparams["loss"], "style": {k: hparams["style"][k] for k in ("name", "paths", "blend", "size")},
+        "image_size": 32, "optimizer": {"lr": 1e-3, "schedule": "step", "adaptive_clip": 0.0,
+                                        "bound_gradient_floor": 0.05, "min_lr": 0.0, "step_size": 2, "gamma": 0.5},
+        "channels_last": False, "compile": False, "finetune": None}
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    restored = StyleTransferModule.load_from_checkpoint(old, map_location="cpu")
+    for name, value in tiny_run.module.transformer.state_dict().items():
+        assert torch.equal(restored.transformer.state_dict()[name], value), name
+    assert restored.settings.optimizer.step_size == 2 and restored.hparams.style["name"] == "the_scream"
+    model = StyleModel.load(old)
+    images = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(model.network(images), tiny_run.module.transformer.eval()(images))
+
+
 def test_tensorboard_holds_preview_and_loss_terms(tiny_run) -> None:
     events = EventAccumulator(str(tiny_run.run_dir))
     events.Reload()
@@ -165,7 +189,7 @@ def test_non_finite_loss_stops_naming_the_step(tiny_config, tmp_path: Path) -> N
                          limit_val_batches=0, default_root_dir=tmp_path, callbacks=[PoisonWeightsAt(3)])
     module = build_module(cfg)
     with pytest.raises(NonFiniteLossError, match="global step 3"):
-        trainer.fit(module, datamodule=data_module(cfg["data"]))
+        trainer.fit(module, datamodule=StyleDataModule.from_config(cfg["data"]))
     assert trainer.global_step == 3  # no optimiser step ran on the non-finite loss
 
 

@@ -17,9 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fststyle.callbacks import GatysGapCallback
 from fststyle.cli import run_job
 from fststyle.cli.main import main as fststyle_main
+from fststyle.data import StyleDataModule
 from fststyle.errors import UserError
 from fststyle.style_model import StyleModel
-from fststyle.training import build_module, data_module, train
+from fststyle.training import build_module, train
 from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet
 
 STYLES = ("the_scream", "udnie", "starry_night")
@@ -117,7 +118,7 @@ def test_every_style_gets_an_even_share_of_images_across_epochs(repo, tiny_confi
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=5, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path)
-    trainer.fit(module, datamodule=data_module(cfg["data"]))
+    trainer.fit(module, datamodule=StyleDataModule.from_config(cfg["data"]))
     assert trainer.global_step == 15 and Counter(seen) == {0: 10, 1: 10, 2: 10}
 
 
@@ -156,7 +157,7 @@ def test_style_setting_errors_are_one_line(repo, tiny_config, tmp_path: Path, ca
 
 def test_one_style_name_may_be_a_plain_string(repo, tiny_config, tmp_path: Path) -> None:
     module = build_module(tiny_config(tmp_path, *multi_overrides(repo, "udnie"), "style_names=painting"))
-    assert module.style_names == ["painting"] and module.hparams.style["name"] == "painting"
+    assert module.settings.style.names == ("painting",) and module.hparams.style["name"] == "painting"
 
 
 # ---- checkpoints and export ------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_gatys_gap_measures_the_one_new_style_of_a_finetune(multi_run, repo, tmp
     trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                          callbacks=[callback])
-    trainer.fit(module, datamodule=data_module(cfg["data"]))
+    trainer.fit(module, datamodule=StyleDataModule.from_config(cfg["data"]))
     gap = callback.gap(module)
     new_style = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
     with torch.no_grad():
