@@ -175,7 +175,8 @@ def _folder_items(folder: Path, target: Path, kinds: Sequence[InputKind], grid: 
     for path in files:
         kind = kind_of(path, kinds)
         groups[kind].append(PlanItem(path, target / path.relative_to(folder), kind, folder))  # type: ignore[arg-type]
-    outputs = [target, *([grid] if grid else []), *(item.target for items in groups.values() for item in items)]
+    outputs = [target, *([grid] if grid else []),
+               *(item.target for kind, items in groups.items() if kind is not None for item in items)]
     refuse_overwriting_inputs([folder, *files], outputs)
     plan.output_folders[target] = [folder]
     return groups

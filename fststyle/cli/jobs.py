@@ -52,7 +52,7 @@ def stylize(cfg: DictConfig) -> int:
                              statistics_size=cfg.tile_statistics_size)
 
     report = stylize_paths(_paths(cfg.input), cfg.output, load, grid=cfg.grid, skip_existing=cfg.skip_existing,
-                           batch_size=cfg.batch_size, max_pixels=cfg.max_pixels or DEFAULT_MAX_PIXELS,
+                           batch_size=cfg.batch_size, max_pixels=DEFAULT_MAX_PIXELS if cfg.max_pixels is None else cfg.max_pixels,
                            jpeg_quality=cfg.jpeg_quality, video_quality=cfg.video_quality,
                            video_codec=cfg.video_codec, temporal=cfg.temporal)
     return 1 if report.failed else 0
