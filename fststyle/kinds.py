@@ -1,4 +1,4 @@
-"""The kinds of input fststyle stylises, one class each: photos and videos.
+"""The kinds of input fststyle stylises, one class each: photos, animated GIF/WebP and videos.
 
 A kind knows which paths it takes, the default output of one, how to check a (source, target) pair before any
 work, and how to run a list of checked items. The plan (fststyle.plan) asks the kinds; the runner
@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from fststyle.errors import UserError
+from fststyle.files import atomic_write
 from fststyle.images import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
@@ -78,6 +80,8 @@ class InputKind:
     #: the word for one and for several, as the summary counts them
     noun, plural = "", ""
     suffixes: Collection[str] = ()
+    #: a file named as an input that no kind matches is taken for this kind
+    fallback = False
 
     def matches(self, path: Path) -> bool:
         """Whether ``path`` is of this kind (by its suffix, lower case)."""
@@ -101,6 +105,13 @@ class InputKind:
         raise NotImplementedError
 
 
+def new_smoother(temporal: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """A new per-clip smoother for the checked temporal mode (it holds the previous frame), None for ``none``."""
+    from fststyle.temporal import FlowSmoother
+
+    return FlowSmoother() if temporal == "flow" else None
+
+
 def thumbnail(image: torch.Tensor, height: int) -> Image.Image:
     """A 3,H,W [0,1] image as a PIL thumbnail at most ``height`` px high (and 4x that wide)."""
     picture = tensor_to_pil(image)
@@ -114,10 +125,11 @@ class PhotoKind(InputKind):
 
     name, noun, plural = "photo", "image", "images"
     suffixes = IMAGE_SUFFIXES
+    fallback = True
 
     def __init__(self, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS,
                  quality: int = DEFAULT_JPEG_QUALITY) -> None:
-        self.batch_size, self.max_pixels, self.quality = batch_size, max_pixels, check_jpeg_quality(quality)
+        self.batch_size, self.max_pixels, self.quality = batch_size, max_pixels, quality
 
     def check_output(self, source: Path, target: Path, found: Any) -> Any:
         check_image_suffix(target)
@@ -177,8 +189,7 @@ class VideoKind(InputKind):
 
     def __init__(self, batch_size: int = 4, quality: int = DEFAULT_VIDEO_QUALITY, codec: str | None = None,
                  temporal: str = "flow") -> None:
-        self.batch_size, self.quality, self.codec = batch_size, check_video_quality(quality), codec
-        self.temporal = check_temporal_mode(temporal)
+        self.batch_size, self.quality, self.codec, self.temporal = batch_size, quality, codec, temporal
 
     def check_input(self, source: Path) -> Any:
         """Open the container's headers: its audio codecs, or a VideoReadError naming it."""
@@ -192,22 +203,15 @@ class VideoKind(InputKind):
 
         return check_video_output(source, check_video_suffix(target), self.codec, found)
 
-    def smoother(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-        """A new per-clip smoother for the temporal mode (it holds the previous frame), None for ``none``."""
-        from fststyle.temporal import FlowSmoother
-
-        return FlowSmoother() if self.temporal == "flow" else None
-
     def run(self, stylizer: Any, items: Sequence[PlanItem], preview_height: int | None) -> Iterator[Outcome]:
         """One clip after the other; a clip that fails is named and the others still run."""
-        from fststyle.errors import UserError
         from fststyle.video import write_stylised_video
 
         for item in items:
             try:
                 report = write_stylised_video(stylizer, item.source, item.target, encoder=item.prepared,
                                               batch_size=self.batch_size, quality=self.quality,
-                                              smoother=self.smoother())
+                                              smoother=new_smoother(self.temporal))
             except (UserError, OSError) as error:
                 yield failure(item, error)
                 continue
@@ -215,9 +219,95 @@ class VideoKind(InputKind):
             yield Outcome(item)
 
 
+ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
+
+
+def is_animated(path: Path) -> bool:
+    """Whether ``path`` is an image file of more than one frame (False for a file Pillow cannot open)."""
+    try:
+        with Image.open(path) as image:
+            return bool(getattr(image, "is_animated", False))
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+class AnimationKind(InputKind):
+    """Animated GIF and WebP: every frame, with its own duration, the loop count and the transparency kept,
+    smoothed along optical flow as a video's frames are (``temporal=flow``), written with Pillow. The frames
+    of one animation are held in memory. A still GIF or WebP is not an animation (a still WebP is a photo)."""
+
+    name, noun, plural = "animation", "animation", "animations"
+    suffixes = tuple(ANIMATION_FORMATS)
+
+    def __init__(self, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_JPEG_QUALITY,
+                 temporal: str = "flow") -> None:
+        self.batch_size, self.max_pixels, self.quality, self.temporal = batch_size, max_pixels, quality, temporal
+
+    def matches(self, path: Path) -> bool:
+        return super().matches(path) and is_animated(path)
+
+    def check_input(self, source: Path) -> Any:
+        """Raise ImageReadError naming ``source`` unless Pillow opens it with frames within max_pixels."""
+        try:
+            with Image.open(source) as image:
+                width, height = image.size
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageReadError(f"{source}: cannot read the animation ({error}); re-export it as GIF or WebP") from None
+        if width * height > self.max_pixels:
+            raise ImageReadError(f"{source}: frames of {width}x{height} pixels, more than max_pixels="
+                                 f"{self.max_pixels:,}; raise it if you trust the file (max_pixels={width * height})")
+
+    def check_output(self, source: Path, target: Path, found: Any) -> Any:
+        if target.suffix.lower() not in ANIMATION_FORMATS:
+            raise UserError(f"output {target}: an animation needs an animated output, .gif or .webp "
+                            f"(e.g. output={target.with_suffix(source.suffix)})")
+
+    def run(self, stylizer: Any, items: Sequence[PlanItem], preview_height: int | None) -> Iterator[Outcome]:
+        """One animation after the other; one that fails is named and the others still run."""
+        for item in items:
+            try:
+                self.write(stylizer, item.source, item.target)
+            except (UserError, OSError, ValueError, EOFError) as error:
+                yield failure(item, error)
+                continue
+            yield Outcome(item)
+
+    def write(self, stylizer: Any, source: Path, target: Path) -> None:
+        """Stylise every frame of ``source`` (3,H,W batches of ``batch_size``) into ``target``, atomically."""
+        smoother = new_smoother(self.temporal)
+        frames, durations, alphas = [], [], []
+        with Image.open(source) as animation:
+            loop = animation.info.get("loop")  # GIF: absent plays once
+            for index in range(animation.n_frames):
+                animation.seek(index)
+                animation.load()
+                durations.append(animation.info.get("duration", 100))
+                rgba = animation.convert("RGBA")
+                alphas.append(rgba.getchannel("A"))
+                frames.append(pil_to_tensor(rgba))
+        outputs = []
+        for start in range(0, len(frames), self.batch_size):
+            originals = torch.stack(frames[start:start + self.batch_size])
+            for original, stylised in zip(originals, stylizer.stylize(originals).cpu(), strict=True):
+                outputs.append(stylised if smoother is None else smoother(original, stylised))
+        pictures = []
+        for image, alpha in zip(outputs, alphas, strict=True):
+            picture = tensor_to_pil(image.clamp(0, 1))
+            picture.putalpha(alpha)
+            pictures.append(picture)
+        fmt = ANIMATION_FORMATS[target.suffix.lower()]
+        options: dict[str, Any] = {"duration": durations, **({} if loop is None else {"loop": loop})}
+        options |= {"disposal": 2} if fmt == "GIF" else {"quality": self.quality}
+        with atomic_write(target) as temporary:
+            pictures[0].save(temporary, format=fmt, save_all=True, append_images=pictures[1:], **options)
+
+
 def input_kinds(*, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                 video_quality: int = DEFAULT_VIDEO_QUALITY, video_codec: str | None = None,
                 temporal: str = "flow") -> list[InputKind]:
-    """The kinds fststyle stylises, their settings checked; the first is what a named file of no known suffix
-    is taken for."""
-    return [PhotoKind(batch_size, max_pixels, jpeg_quality), VideoKind(batch_size, video_quality, video_codec, temporal)]
+    """The kinds fststyle stylises, in the order a path is matched against them, after checking their settings
+    (once: the kinds' own constructors take them as checked)."""
+    jpeg_quality, temporal = check_jpeg_quality(jpeg_quality), check_temporal_mode(temporal)
+    video_quality = check_video_quality(video_quality)
+    return [AnimationKind(batch_size, max_pixels, jpeg_quality, temporal), PhotoKind(batch_size, max_pixels, jpeg_quality),
+            VideoKind(batch_size, video_quality, video_codec, temporal)]

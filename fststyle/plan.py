@@ -57,8 +57,8 @@ def kind_of(path: Path, kinds: Sequence[InputKind]) -> InputKind | None:
 
 def check_sources(paths: Sequence[str | os.PathLike], kinds: Sequence[InputKind],
                   grid: str | os.PathLike | None = None) -> list[Source]:
-    """The named inputs, each checked: it exists, and a file is readable as its kind (a file of no known suffix
-    is taken for the first kind, a photo). Raises UserError naming the first that is not."""
+    """The named inputs, each checked: it exists, and a file is readable as its kind (a file no kind matches is
+    taken for the fallback kind, a photo). Raises UserError naming the first that is not."""
     if not paths:
         raise UserError("nothing to stylise: fststyle stylize photo.jpg (or photos/) --model starry_night")
     sources = []
@@ -68,7 +68,7 @@ def check_sources(paths: Sequence[str | os.PathLike], kinds: Sequence[InputKind]
         if path.is_dir():
             sources.append(Source(path))
             continue
-        kind = kind_of(path, kinds) or kinds[0]
+        kind = kind_of(path, kinds) or next(kind for kind in kinds if kind.fallback)
         sources.append(Source(path, kind, kind.check_input(path)))
     if grid is not None and len(sources) > 1:
         raise UserError("grid= draws one input; run the inputs one at a time, or put them in one folder")
@@ -125,7 +125,7 @@ def make_plan(sources: Sequence[Source], output: str | os.PathLike | None, kinds
         if source.kind is None:
             folders.append((source.path, _folder_items(source.path, target, kinds, grid, plan)))
             continue
-        if grid is not None and source.kind is not kinds[0]:
+        if grid is not None and source.kind.name != "photo":
             raise UserError(f"grid= draws photos, and {source.path} is a {source.kind.name}; drop grid=")
         prepared = source.kind.check_output(source.path, target, source.found)
         check_writable(target)
