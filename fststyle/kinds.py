@@ -1,4 +1,5 @@
-"""The kinds of input fststyle stylises, one class each: photos, animated GIF/WebP and videos.
+"""The kinds of input fststyle stylises, one class each: photos, animated GIF/WebP, numbered image sequences
+(``frames/%05d.png``) and videos.
 
 A kind knows which paths it takes, the default output of one, how to check a (source, target) pair before any
 work, and how to run a list of checked items. The plan (fststyle.plan) asks the kinds; the runner
@@ -8,6 +9,7 @@ work, and how to run a list of checked items. The plan (fststyle.plan) asks the 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fststyle.errors import UserError
-from fststyle.files import atomic_write
+from fststyle.errors import InputNotFoundError, UserError
+from fststyle.files import atomic_write, refuse_overwriting_inputs
 from fststyle.images import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
@@ -82,6 +84,8 @@ class InputKind:
     suffixes: Collection[str] = ()
     #: a file named as an input that no kind matches is taken for this kind
     fallback = False
+    #: its paths are patterns that name several numbered files, not one file that exists
+    pattern = False
 
     def matches(self, path: Path) -> bool:
         """Whether ``path`` is of this kind (by its suffix, lower case)."""
@@ -220,6 +224,8 @@ class VideoKind(InputKind):
 
 
 ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
+#: a printf frame number in a file name: %d or %05d
+FRAME_NUMBER = re.compile(r"%0?(\d*)d")
 
 
 def is_animated(path: Path) -> bool:
@@ -302,6 +308,85 @@ class AnimationKind(InputKind):
             pictures[0].save(temporary, format=fmt, save_all=True, append_images=pictures[1:], **options)
 
 
+def frame_name_pattern(path: Path) -> re.Pattern | None:
+    """For a file name with one printf frame number (``%05d.png``, ``shot_%d.exr``), the regular expression of
+    its frames' names (the number captured); None for any other name."""
+    if path.name.count("%") != 1:
+        return None
+    found = FRAME_NUMBER.search(path.name)
+    if found is None:
+        return None
+    digits = rf"\d{{{int(found.group(1) or 1)},}}"
+    return re.compile(re.escape(path.name[:found.start()]) + f"({digits})" + re.escape(path.name[found.end():]))
+
+
+def frame_path(pattern: Path, number: int) -> Path:
+    """The frame ``number`` of the numbered file name ``pattern``: ``frames/%05d.png``, 7 -> ``frames/00007.png``."""
+    return pattern.with_name(pattern.name % number)
+
+
+class SequenceKind(InputKind):
+    """A numbered image sequence, ``frames/%05d.png`` (the printf pattern FFmpeg, Nuke and Blender name frames
+    with): every frame found, in number order, stylised in batches, smoothed along optical flow as a video's
+    frames are (``temporal=flow``), and written under the output's pattern with the same numbers."""
+
+    name, noun, plural = "sequence", "sequence", "sequences"
+    pattern = True
+
+    def __init__(self, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_JPEG_QUALITY,
+                 temporal: str = "flow") -> None:
+        self.batch_size, self.max_pixels, self.quality, self.temporal = batch_size, max_pixels, quality, temporal
+
+    def matches(self, path: Path) -> bool:
+        return frame_name_pattern(path) is not None and path.suffix.lower() in IMAGE_SUFFIXES
+
+    def check_input(self, source: Path) -> Any:
+        """The frames of the pattern ``source``, as [(number, path)] in number order; InputNotFoundError if none."""
+        names = frame_name_pattern(source)
+        found = []
+        if source.parent.is_dir():
+            for path in source.parent.iterdir():
+                match = names.fullmatch(path.name)
+                if match and path.name == source.name % int(match.group(1)) and path.is_file():
+                    found.append((int(match.group(1)), path))
+        if not found:
+            raise InputNotFoundError(f"input not found: no frames match {source} (e.g. {frame_path(source, 1)}); "
+                                     "pass a numbered sequence such as frames/%05d.png")
+        return sorted(found)
+
+    def check_output(self, source: Path, target: Path, found: Any) -> Any:
+        """An image pattern of one frame number, no output frame onto an input frame: [(frame, its output)]."""
+        if not self.matches(check_image_suffix(target)):
+            raise UserError(f"output {target}: a numbered sequence needs a numbered output, e.g. "
+                            f"output={target.parent / ('%05d' + target.suffix)}")
+        frames = [(path, frame_path(target, number)) for number, path in found]
+        refuse_overwriting_inputs([path for path, _ in frames], [output for _, output in frames])
+        return frames
+
+    def run(self, stylizer: Any, items: Sequence[PlanItem], preview_height: int | None) -> Iterator[Outcome]:
+        """One sequence after the other; one whose frame fails is named and the others still run."""
+        for item in items:
+            try:
+                self.write(stylizer, item.prepared)
+            except (UserError, OSError, ValueError, RuntimeError) as error:  # RuntimeError: frames of two sizes
+                yield failure(item, error)
+                continue
+            yield Outcome(item)
+
+    def write(self, stylizer: Any, frames: Sequence[tuple[Path, Path]]) -> None:
+        """Stylise the (frame, output) pairs in order, ``batch_size`` frames at a time, each written atomically."""
+        smoother = new_smoother(self.temporal)
+        for start in tqdm(range(0, len(frames), self.batch_size), desc="stylising frames", unit="batch",
+                          disable=len(frames) <= self.batch_size):
+            batch = frames[start:start + self.batch_size]
+            photos = [read_photo(path, max_pixels=self.max_pixels) for path, _ in batch]
+            originals = torch.stack([pil_to_tensor(photo.rgb) for photo in photos])
+            stylised = stylizer.stylize(originals).cpu()
+            for (_, output), photo, original, image in zip(batch, photos, originals, stylised, strict=True):
+                image = image if smoother is None else smoother(original, image)
+                save_image(image, output, alpha=photo.alpha, exif=photo.exif, quality=self.quality)
+
+
 def input_kinds(*, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                 video_quality: int = DEFAULT_VIDEO_QUALITY, video_codec: str | None = None,
                 temporal: str = "flow") -> list[InputKind]:
@@ -309,5 +394,6 @@ def input_kinds(*, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS, jp
     (once: the kinds' own constructors take them as checked)."""
     jpeg_quality, temporal = check_jpeg_quality(jpeg_quality), check_temporal_mode(temporal)
     video_quality = check_video_quality(video_quality)
-    return [AnimationKind(batch_size, max_pixels, jpeg_quality, temporal), PhotoKind(batch_size, max_pixels, jpeg_quality),
+    return [SequenceKind(batch_size, max_pixels, jpeg_quality, temporal),
+            AnimationKind(batch_size, max_pixels, jpeg_quality, temporal), PhotoKind(batch_size, max_pixels, jpeg_quality),
             VideoKind(batch_size, video_quality, video_codec, temporal)]

@@ -63,12 +63,12 @@ def check_sources(paths: Sequence[str | os.PathLike], kinds: Sequence[InputKind]
         raise UserError("nothing to stylise: fststyle stylize photo.jpg (or photos/) --model starry_night")
     sources = []
     for path in map(Path, paths):
-        if not path.exists():
+        kind = kind_of(path, kinds) or next(kind for kind in kinds if kind.fallback)
+        if not path.exists() and not kind.pattern:
             raise InputNotFoundError(f"input not found: {path}; pass photos or folders of photos")
         if path.is_dir():
             sources.append(Source(path))
             continue
-        kind = kind_of(path, kinds) or next(kind for kind in kinds if kind.fallback)
         sources.append(Source(path, kind, kind.check_input(path)))
     if grid is not None and len(sources) > 1:
         raise UserError("grid= draws one input; run the inputs one at a time, or put them in one folder")
@@ -172,8 +172,9 @@ def _folder_items(folder: Path, target: Path, kinds: Sequence[InputKind], grid: 
     files = list_images(folder, suffixes=None)
     groups: dict[InputKind | None, list[PlanItem]] = {kind: [] for kind in kinds}
     groups[None] = []
+    files_kinds = [kind for kind in kinds if not kind.pattern]  # a listed file is one file, never a pattern
     for path in files:
-        kind = kind_of(path, kinds)
+        kind = kind_of(path, files_kinds)
         groups[kind].append(PlanItem(path, target / path.relative_to(folder), kind, folder))  # type: ignore[arg-type]
     outputs = [target, *([grid] if grid else []),
                *(item.target for kind, items in groups.items() if kind is not None for item in items)]
