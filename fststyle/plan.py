@@ -18,9 +18,18 @@ from typing import Any
 
 from fststyle.errors import InputNotFoundError, UserError
 from fststyle.files import check_writable, refuse_overwriting_inputs
-from fststyle.images import check_image_suffix, list_images
-from fststyle.kinds import InputKind, PlanItem
+from fststyle.frame_kinds import AnimationKind, SequenceKind
+from fststyle.images import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MAX_PIXELS,
+    check_image_suffix,
+    check_jpeg_quality,
+    list_images,
+)
+from fststyle.kinds import InputKind, PhotoKind, PlanItem, VideoKind
 from fststyle.sharding import share
+from fststyle.temporal import check_temporal_mode
+from fststyle.video import DEFAULT_VIDEO_QUALITY, check_video_quality
 
 log = logging.getLogger("fststyle")
 
@@ -48,6 +57,18 @@ class Plan:
     #: output folders to mark as such (files.mark_output_folder), each with the inputs that may lie inside it
     output_folders: dict[Path, list[Path]] = field(default_factory=dict)
     grid: Path | None = None
+
+
+def input_kinds(*, batch_size: int = 4, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                video_quality: int = DEFAULT_VIDEO_QUALITY, video_codec: str | None = None,
+                temporal: str = "flow") -> list[InputKind]:
+    """The kinds fststyle stylises, in the order a path is matched against them, after checking their settings
+    (once: the kinds' own constructors take them as checked)."""
+    jpeg_quality, temporal = check_jpeg_quality(jpeg_quality), check_temporal_mode(temporal)
+    video_quality = check_video_quality(video_quality)
+    return [SequenceKind(batch_size, max_pixels, jpeg_quality, temporal),
+            AnimationKind(batch_size, max_pixels, jpeg_quality, temporal), PhotoKind(batch_size, max_pixels, jpeg_quality),
+            VideoKind(batch_size, video_quality, video_codec, temporal)]
 
 
 def kind_of(path: Path, kinds: Sequence[InputKind]) -> InputKind | None:

@@ -26,8 +26,8 @@ from PIL import Image
 from fststyle.errors import RunInterrupted
 from fststyle.files import mark_output_folder
 from fststyle.images import labelled_grid, save_image
-from fststyle.kinds import InputKind, PlanItem, input_kinds
-from fststyle.plan import Plan, check_sources, make_plan
+from fststyle.kinds import InputKind, PlanItem
+from fststyle.plan import Plan, check_sources, input_kinds, make_plan
 from fststyle.sharding import process_rank
 from fststyle.stylize import Stylizer
 
@@ -149,7 +149,7 @@ def stylize_paths(paths: Sequence[str | os.PathLike], output: str | os.PathLike 
                   **settings: Any) -> RunReport:
     """Stylise the photos, videos and folders ``paths`` into ``output`` (None: beside each, named after the
     style; a folder for several inputs) with ``stylizer``: a loaded Stylizer, or a function that loads one,
-    called once every input is checked. ``settings``: those of ``kinds.input_kinds`` (batch_size, max_pixels,
+    called once every input is checked. ``settings``: those of ``plan.input_kinds`` (batch_size, max_pixels,
     jpeg_quality, video_quality, video_codec, temporal). ``grid``: also write a labelled photo | stylised grid
     there. ``skip_existing``: leave outputs already there (resumes a run). Under torchrun or SLURM each
     process writes its share. Logs and returns the report."""

@@ -18,13 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-import fststyle.kinds
 import fststyle.plan
 import fststyle.video
 from fststyle.errors import RunInterrupted
 from fststyle.files import OUTPUT_MARKER
-from fststyle.kinds import input_kinds
-from fststyle.plan import check_sources, make_plan
+from fststyle.plan import check_sources, input_kinds, make_plan
 from fststyle.runner import stylize_paths
 from fststyle.stylize import Stylizer
 from fststyle.transformer import TransformerNet
@@ -189,7 +187,7 @@ def test_a_video_run_opens_its_container_twice_and_runs_each_check_once(tmp_path
     for name in ("check_writable", "refuse_overwriting_inputs"):
         counting(monkeypatch, counts, fststyle.plan, name)
     for name in ("check_video_quality", "check_temporal_mode", "check_jpeg_quality"):
-        counting(monkeypatch, counts, fststyle.kinds, name)
+        counting(monkeypatch, counts, fststyle.plan, name)
     report = stylize_paths([source], tmp_path / "out.mp4", tiny_stylizer(), temporal="none")
     assert report.written == [tmp_path / "out.mp4"]
     assert opened.count(str(source)) == 2
