@@ -162,8 +162,8 @@ def make_plan(sources: Sequence[Source], output: str | os.PathLike | None, kinds
             if kind is not None:
                 shares[kind] += len(items)
     if world > 1:
-        log.info("process %d of %d: %d files, %s", rank + 1, world, len(mine),
-                 ", ".join(f"{count} folder {kind.plural}" for kind, count in shares.items()))
+        log.info("process %d of %d: %s", rank + 1, world, ", ".join(
+            [f"{len(mine)} files", *(f"{count} folder {kind.plural}" for kind, count in shares.items() if count)]))
     for item in mine:
         _keep_unless_existing(plan, item, skip_existing)
     for _, groups in folders:
