@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _PUBLIC = {
     "Stylizer": "fststyle.stylize",
+    "stylize_paths": "fststyle.runner",
     "TransformerNet": "fststyle.transformer",
     "PerceptualLoss": "fststyle.losses",
     "VGGFeatures": "fststyle.vgg",

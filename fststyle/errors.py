@@ -23,3 +23,11 @@ def check_integer_setting(setting: str, value: object, low: int, high: int, mean
         raise UserError(f"{setting}={value!r} must be an integer from {low} to {high} ({meaning}); "
                         f"e.g. {setting}={default}, the default")
     return value
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM after it said what it wrote; ``signal_number`` is the signal."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number

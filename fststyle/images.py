@@ -351,10 +351,10 @@ def save_image(
     return path
 
 
-def list_images(folder: str | os.PathLike, suffixes: Collection[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """All image files (or files with other ``suffixes``, lower case) under `folder` (recursive, sorted); hidden
-    files and folders are skipped, and so are sub-folders that fststyle wrote outputs into (they hold
-    files.OUTPUT_MARKER)."""
+def list_images(folder: str | os.PathLike, suffixes: Collection[str] | None = IMAGE_SUFFIXES) -> list[Path]:
+    """All image files (or files with other ``suffixes``, lower case; None: every file) under `folder` (recursive,
+    sorted); hidden files and folders are skipped, and so are sub-folders that fststyle wrote outputs into (they
+    hold files.OUTPUT_MARKER)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -365,7 +365,7 @@ def list_images(folder: str | os.PathLike, suffixes: Collection[str] = IMAGE_SUF
                          if not name.startswith(".") and not os.path.isfile(os.path.join(directory, name, OUTPUT_MARKER))]
         for name in names:
             path = Path(directory, name)
-            if not name.startswith(".") and path.suffix.lower() in suffixes and path.is_file():
+            if not name.startswith(".") and (suffixes is None or path.suffix.lower() in suffixes) and path.is_file():
                 found.append(path)
     return sorted(found)
 

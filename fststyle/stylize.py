@@ -5,15 +5,13 @@
     batch = stylizer(torch.rand(2, 3, 480, 640))           # N,3,H,W in [0,1] in, same shape out
     blend = Stylizer.load("several.safetensors", style={"starry_night": 0.7, "the_scream": 0.3})
 
-Plain PyTorch; ``fststyle stylize`` (fststyle/cli/jobs.py) is the command line over it.
+Plain PyTorch; fststyle.runner.stylize_paths runs it over files and folders (``fststyle stylize``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,25 +23,10 @@ from tqdm import tqdm
 
 from fststyle.color import preserve_colors
 from fststyle.devices import resolve_device
-from fststyle.errors import InputNotFoundError, UserError
-from fststyle.files import check_writable, mark_output_folder, refuse_overwriting_inputs
-from fststyle.images import (
-    DEFAULT_JPEG_QUALITY,
-    DEFAULT_MAX_PIXELS,
-    ImageReadError,
-    check_image_suffix,
-    labelled_grid,
-    list_images,
-    longer_side_size,
-    pil_to_tensor,
-    read_photo,
-    save_image,
-    tensor_to_pil,
-)
+from fststyle.errors import UserError
+from fststyle.images import longer_side_size, pil_to_tensor, tensor_to_pil
 from fststyle.style_model import StyleModel
 from fststyle.transformer import TransformerNet
-
-log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -233,156 +216,3 @@ class Stylizer:
         with self.network.recording() as statistics:
             self._run(small, shared_statistics=True)
         return statistics
-
-
-def check_file_job(source: str | Path, target: str | Path, grid: str | Path | None = None) -> None:
-    """Raise UserError unless stylising the file ``source`` into ``target`` (and ``grid``) can run: the input
-    exists, the outputs have image suffixes and writable folders, and no output is the input."""
-    source, target = Path(source), Path(target)
-    if not source.is_file():
-        raise InputNotFoundError(f"input not found: {source}; pass input=<photo or folder of photos>")
-    outputs = [target] if grid is None else [target, Path(grid)]
-    for output in outputs:
-        check_writable(check_image_suffix(output))
-    refuse_overwriting_inputs([source], outputs)
-
-
-def check_folder_job(source: str | Path, target: str | Path, grid: str | Path | None = None) -> list[Path]:
-    """The images under the folder ``source``, after the checks of ``check_file_job`` for every output under
-    ``target`` (the input folder itself is refused as ``target``; a folder inside it is fine)."""
-    source, target = Path(source), Path(target)
-    if not source.is_dir():
-        raise InputNotFoundError(f"input folder not found: {source}; pass input=<photo or folder of photos>")
-    check_writable(target, folder=True)
-    outputs = [target]
-    if grid is not None:
-        outputs.append(check_image_suffix(grid))
-        check_writable(grid)
-    paths = list_images(source)
-    refuse_overwriting_inputs([source, *paths], [*outputs, *(target / path.relative_to(source) for path in paths)])
-    return paths
-
-
-def stylize_file(stylizer: Stylizer, source: str | Path, target: str | Path,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_JPEG_QUALITY) -> Path:
-    """Stylise one image file into ``target`` (format from its suffix; alpha kept where the format has it;
-    EXIF without orientation carried over; ``quality`` for JPEG/WebP). Refuses to overwrite ``source``."""
-    check_file_job(source, target)
-    photo = read_photo(source, max_pixels=max_pixels)
-    stylised = stylizer.stylize(pil_to_tensor(photo.rgb).unsqueeze(0))
-    return save_image(stylised, target, alpha=photo.alpha, exif=photo.exif, quality=quality)
-
-
-@dataclass
-class FolderReport:
-    """What ``stylize_folder`` did: written outputs, outputs skipped as already there, (file, reason) failures,
-    wall seconds."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        rate = len(self.written) / self.seconds if self.seconds > 0 else 0.0
-        line = (f"stylised {len(self.written)} images in {self.seconds:.1f} s ({rate:.2f} images/s): "
-                f"{len(self.written)} written, {len(self.skipped)} skipped (already there), {len(self.failed)} failed")
-        if self.failed:
-            line += ": " + ", ".join(str(path) for path, _ in self.failed)
-        return line
-
-
-def stylize_folder(stylizer: Stylizer, source: str | Path, target: str | Path, batch_size: int = 4,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, grid: str | Path | None = None,
-                   grid_cell_height: int = 256, quality: int = DEFAULT_JPEG_QUALITY,
-                   skip_existing: bool = False, images: Sequence[Path] | None = None) -> FolderReport:
-    """Stylise every image under ``source`` (recursive) into the same relative paths under ``target``.
-
-    Images of equal size run together in batches of up to ``batch_size``. A file that cannot be read or
-    written is logged by name and skipped; the others are still written. ``grid``: also write a labelled
-    (photo | stylised) grid of every processed image there. ``skip_existing``: leave outputs that are already
-    there (writes are atomic, so they are complete) and stylise only the rest, to resume an interrupted run.
-    Refuses (before any work) to write onto an input; ``target`` is marked as an output folder, so it may
-    lie inside ``source`` without becoming an input of a later run. ``images``: the list ``check_folder_job``
-    returned for these arguments, when the caller checked them already (else they are checked here)."""
-    source, target = Path(source), Path(target)
-    paths = list(images) if images is not None else check_folder_job(source, target, grid)
-    mark_output_folder(target, [source])
-    report = FolderReport()
-    thumbnails: list[tuple[str, Image.Image, Image.Image]] = []
-    pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor, Image.Image | None, bytes | None]]] = {}
-
-    def thumbnail(image: torch.Tensor | Image.Image) -> Image.Image:
-        picture = tensor_to_pil(image) if isinstance(image, torch.Tensor) else image.copy()
-        picture.thumbnail((4 * grid_cell_height, grid_cell_height))
-        return picture
-
-    def flush(size: tuple[int, int]) -> None:
-        items = pending.pop(size)
-        try:
-            stylised = stylizer.stylize(torch.stack([image for _, image, _, _ in items]))
-        except RuntimeError as error:  # out of memory on a huge batch: name every file, go on
-            for path, _, _, _ in items:
-                report.failed.append((path, f"{type(error).__name__}: {error}"))
-                log.error("%s: stylisation failed (%s); try tile=1024 or batch_size=1", path, error)
-            progress.update(len(items))
-            return
-        for (path, image, alpha, exif), output in zip(items, stylised, strict=True):
-            destination = target / path.relative_to(source)
-            try:
-                save_image(output, destination, alpha=alpha, exif=exif, quality=quality)
-            except (OSError, ValueError) as error:
-                report.failed.append((path, str(error)))
-                log.error("%s: cannot write %s (%s)", path, destination, error)
-                progress.update(1)
-                continue
-            report.written.append(destination)
-            progress.update(1)
-            if grid is not None:
-                thumbnails.append((str(path.relative_to(source)), thumbnail(image), thumbnail(output)))
-
-    start = time.perf_counter()
-    progress = tqdm(total=len(paths), desc=f"stylising {source}", unit="image")
-    for path in paths:
-        destination = target / path.relative_to(source)
-        if skip_existing and destination.exists():
-            report.skipped.append(destination)
-            progress.update(1)
-            continue
-        try:
-            photo = read_photo(path, max_pixels=max_pixels)
-        except (ImageReadError, OSError) as error:
-            report.failed.append((path, str(error)))
-            log.error("skipping %s", error)
-            progress.update(1)
-            continue
-        image = pil_to_tensor(photo.rgb)
-        size = (image.shape[-2], image.shape[-1])
-        pending.setdefault(size, []).append((path, image, photo.alpha, photo.exif))
-        if len(pending[size]) >= batch_size:
-            flush(size)
-        elif sum(len(group) for group in pending.values()) >= 4 * batch_size:  # bound decoded images held
-            flush(max(pending, key=lambda key: len(pending[key])))
-    for size in list(pending):
-        flush(size)
-    progress.close()
-    report.seconds = time.perf_counter() - start
-    if grid is not None and thumbnails:
-        write_grid([(photo, stylised) for _, photo, stylised in thumbnails], [name for name, _, _ in thumbnails],
-                   grid, stylizer.style_name, grid_cell_height)
-    return report
-
-
-def write_grid(pairs: Sequence[tuple[Image.Image, Image.Image]], names: Sequence[str], path: str | Path,
-               style_name: str, cell_height: int = 256) -> Path:
-    """Save a labelled grid with one (photo | stylised) row per image to ``path``."""
-    grid = labelled_grid([list(pair) for pair in pairs], col_labels=["photo", style_name], row_labels=list(names),
-                         cell_height=cell_height)
-    return save_image(grid, path)
-
-
-def default_output(source: Path, style_name: str) -> Path:
-    """``photo.jpg`` -> ``photo_<style>.jpg``; ``photos/`` -> ``photos_<style>/``."""
-    if source.is_dir():
-        return source.with_name(f"{source.name}_{style_name}")
-    return source.with_name(f"{source.stem}_{style_name}{source.suffix}")

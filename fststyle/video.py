@@ -201,20 +201,26 @@ def stylize_video(stylizer: Any, source: str | os.PathLike, target: str | os.Pat
     (lower is better, larger). ``smoother(frame, stylised)``: applied to each stylised frame (3,H,W in [0,1])
     in display order. Raises VideoReadError naming ``source`` for a file that
     is not a video, has no video stream, no frames, an unknown codec, or ends early; nothing is left under
-    ``target`` then."""
+    ``target`` then. The checks of ``check_video_job``, then ``write_stylised_video``."""
+    encoder = check_video_job(source, target, codec)
+    return write_stylised_video(stylizer, Path(source), Path(target), encoder=encoder, batch_size=batch_size,
+                                quality=check_video_quality(quality), smoother=smoother, progress=progress)
+
+
+def write_stylised_video(stylizer: Any, source: Path, target: Path, *, encoder: str, batch_size: int, quality: int,
+                         smoother: Smoother | None, progress: bool = True) -> VideoReport:
+    """The run of a checked video job (``check_video_job`` returned ``encoder``): opens ``source`` once, streams
+    its frames through ``stylizer`` and ``smoother`` into ``target`` (atomically), copies its audio. Raises
+    VideoReadError naming ``source`` for a clip without frames or one that ends early."""
     av = _import_av()
-    source, target = Path(source), Path(target)
-    codec = check_video_job(source, target, codec)
-    quality = check_video_quality(quality)
     start = time.perf_counter()
     with _open_video(av, source) as container:
-        _check_video_streams(container, source)
         video = container.streams.video[0]
         audio = list(container.streams.audio)
         expected = _expected_frames(video)
         with atomic_write(target) as temporary:
             frames = _transcode(av, container, video, audio, temporary, stylizer, source, batch_size=batch_size,
-                                quality=quality, codec=codec, smoother=smoother,
+                                quality=quality, codec=encoder, smoother=smoother,
                                 bar=tqdm(total=expected, desc=f"stylising {source.name}", unit="frame",
                                          disable=not progress))
             if frames == 0:

@@ -19,8 +19,9 @@ from PIL import Image, ImageCms
 from fststyle.cli import jobs
 from fststyle.data import read_rgb_uint8
 from fststyle.images import load_image, open_image, read_photo, save_image
+from fststyle.runner import stylize_paths
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer, stylize_file
+from fststyle.stylize import Stylizer
 from fststyle.transformer import TransformerNet
 
 # CIE 1931 xy chromaticities: Display P3 (Apple; SMPTE EG 432-1 primaries with a D65 white) and sRGB (IEC 61966-2-1)
@@ -184,7 +185,7 @@ def test_stylize_file_writes_srgb_pixels_and_keeps_exif(tmp_path: Path) -> None:
     pixels = p3_test_pixels()
     source = tmp_path / "p3.png"
     Image.fromarray(pixels).save(source, icc_profile=P3_ICC, exif=exif_with_orientation(1))
-    stylize_file(stylizer, source, tmp_path / "out.png")
+    stylize_paths([source], tmp_path / "out.png", stylizer)
     with Image.open(tmp_path / "out.png") as output:
         written = np.asarray(output.convert("RGB")).astype(int)
         assert "sRGB" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(output.info["icc_profile"])))

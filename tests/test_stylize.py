@@ -14,8 +14,9 @@ from PIL import Image
 from fststyle.color import rgb_to_yiq
 from fststyle.files import OverwriteError
 from fststyle.images import ImageReadError, load_image, open_image
+from fststyle.runner import stylize_paths
 from fststyle.style_model import ModelFileError, StyleModel
-from fststyle.stylize import Stylizer, blend_ramp, stylize_file, stylize_folder, tile_starts
+from fststyle.stylize import Stylizer, blend_ramp, tile_starts
 from fststyle.transformer import TransformerNet
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "preview" / "000000000030.jpg"
@@ -155,7 +156,7 @@ def test_every_input_kind_keeps_its_oriented_size(stylizer: Stylizer, tmp_path: 
     expected = _write_inputs(tmp_path / "in")
     assert open_image(tmp_path / "in" / "deep16.png")[0].getextrema()[0][1] > 200  # 16-bit scaled, not clipped
     for name, size in expected.items():
-        target = stylize_file(stylizer, tmp_path / "in" / name, tmp_path / "out" / name)
+        target = stylize_paths([tmp_path / "in" / name], tmp_path / "out" / name, stylizer).written[0]
         with Image.open(target) as written:
             assert written.size == size, name
             if name == "alpha.png":
@@ -168,7 +169,7 @@ def test_decompression_bomb_names_the_override(stylizer: Stylizer, tmp_path: Pat
     path = tmp_path / "big.png"
     Image.new("RGB", (200, 100)).save(path)
     with pytest.raises(ImageReadError, match="max_pixels="):
-        stylize_file(stylizer, path, tmp_path / "out.png", max_pixels=10_000)
+        stylize_paths([path], tmp_path / "out.png", stylizer, max_pixels=10_000)
 
 
 def test_folder_keeps_subfolders_skips_a_broken_file_and_writes_a_grid(stylizer: Stylizer, tmp_path: Path) -> None:
@@ -177,7 +178,7 @@ def test_folder_keeps_subfolders_skips_a_broken_file_and_writes_a_grid(stylizer:
     for index, relative in enumerate(["a.jpg", "trip/b.jpg", "trip/day1/c.png", "trip/day1/d.png"]):
         Image.fromarray(_gradient(40 + 8 * (index % 2), 30)).save(source / relative)
     (source / "trip" / "broken.jpg").write_bytes(PHOTO.read_bytes()[:300])  # truncated JPEG
-    report = stylize_folder(stylizer, source, tmp_path / "out", batch_size=2, grid=tmp_path / "grid.png")
+    report = stylize_paths([source], tmp_path / "out", stylizer, batch_size=2, grid=tmp_path / "grid.png")
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written) == [
         "a.jpg", "trip/b.jpg", "trip/day1/c.png", "trip/day1/d.png"]
     assert [path.name for path, _ in report.failed] == ["broken.jpg"]
@@ -192,8 +193,8 @@ def test_batched_folder_matches_one_by_one(stylizer: Stylizer, tmp_path: Path) -
     source.mkdir()
     for index in range(3):
         Image.fromarray(np.roll(_gradient(24, 20), 5 * index, axis=1)).save(source / f"{index}.png")
-    stylize_folder(stylizer, source, tmp_path / "batched", batch_size=3)
-    stylize_folder(stylizer, source, tmp_path / "single", batch_size=1)
+    stylize_paths([source], tmp_path / "batched", stylizer, batch_size=3)
+    stylize_paths([source], tmp_path / "single", stylizer, batch_size=1)
     for index in range(3):
         batched = np.asarray(Image.open(tmp_path / "batched" / f"{index}.png"), dtype=int)
         single = np.asarray(Image.open(tmp_path / "single" / f"{index}.png"), dtype=int)
@@ -212,18 +213,18 @@ def test_file_and_folder_written_onto_themselves_are_refused(stylizer: Stylizer,
     before = {path: path.read_bytes() for path in photos.iterdir()}
     (tmp_path / "alias").symlink_to(photos)
     with pytest.raises(OverwriteError):
-        stylize_file(stylizer, photos / "0.png", photos / "." / "0.png")
+        stylize_paths([photos / "0.png"], photos / "." / "0.png", stylizer)
     for output in (photos, tmp_path / "alias"):
         with pytest.raises(OverwriteError, match="input folder"):
-            stylize_folder(stylizer, photos, output)
+            stylize_paths([photos], output, stylizer)
     assert {path: path.read_bytes() for path in photos.iterdir()} == before  # nothing written, not even a marker
 
 
 def test_output_folders_inside_the_input_folder_are_not_read_as_inputs(stylizer: Stylizer, tmp_path: Path) -> None:
     photos = _photo_folder(tmp_path / "photos")
-    first = stylize_folder(stylizer, photos, photos / "starry")
-    second = stylize_folder(stylizer, photos, photos / "scream")  # a different output folder, same input
-    third = stylize_folder(stylizer, photos, photos / "starry")  # and the first one again
+    first = stylize_paths([photos], photos / "starry", stylizer)
+    second = stylize_paths([photos], photos / "scream", stylizer)  # a different output folder, same input
+    third = stylize_paths([photos], photos / "starry", stylizer)  # and the first one again
     names = ["0.png", "1.png", "2.png"]
     for report, folder in ((first, "starry"), (second, "scream"), (third, "starry")):
         assert sorted(path.name for path in report.written) == names and not report.failed
@@ -233,12 +234,12 @@ def test_output_folders_inside_the_input_folder_are_not_read_as_inputs(stylizer:
 
 def test_skip_existing_resumes_an_interrupted_folder(stylizer: Stylizer, tmp_path: Path) -> None:
     photos = _photo_folder(tmp_path / "photos", count=4)
-    stylize_folder(stylizer, photos, tmp_path / "out")
+    stylize_paths([photos], tmp_path / "out", stylizer)
     (tmp_path / "out" / "2.png").unlink()  # as if the run had stopped before the third image
     (tmp_path / "out" / "3.png").unlink()
     (photos / "4.png").write_bytes(b"not an image")
     kept = {name: (tmp_path / "out" / name).stat() for name in ("0.png", "1.png")}
-    report = stylize_folder(stylizer, photos, tmp_path / "out", skip_existing=True)
+    report = stylize_paths([photos], tmp_path / "out", stylizer, skip_existing=True)
     for name, before in kept.items():
         after = (tmp_path / "out" / name).stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten

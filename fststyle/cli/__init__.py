@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from fststyle.errors import UserError
+from fststyle.errors import RunInterrupted, UserError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USER_ERROR = 0, 1, 2
 #: set to 1 to see the traceback of a user error as well (for bug reports)
@@ -39,9 +39,13 @@ def user_errors_exit() -> Iterator[None]:
 
 
 def run_job(job: Callable[[], object]) -> None:
-    """Run ``job`` and exit with its status (an int it returns; anything else is 0), user errors as exit 2."""
-    with user_errors_exit():
-        status = job()
+    """Run ``job`` and exit with its status (an int it returns; anything else is 0), user errors as exit 2, a run
+    that stopped on a signal after saying so (RunInterrupted) as 128 + the signal's number, the shell's way."""
+    try:
+        with user_errors_exit():
+            status = job()
+    except RunInterrupted as stop:
+        raise SystemExit(128 + stop.signal_number) from None
     if isinstance(status, int) and status:  # hydra.main discards return values; SystemExit passes through it
         raise SystemExit(status)
 

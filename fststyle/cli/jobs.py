@@ -9,8 +9,6 @@ import logging
 import os
 import shlex
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,183 +36,31 @@ def _existing_files(value: Any, setting: str) -> list[Path]:
 
 
 def stylize(cfg: DictConfig) -> int:
-    """``fststyle stylize``: every photo and folder in ``input`` with ``model``, into ``output``."""
-    from fststyle.files import mark_output_folder
-    from fststyle.images import DEFAULT_MAX_PIXELS, check_jpeg_quality, open_image
-    from fststyle.sharding import process_rank, share
-    from fststyle.stylize import (
-        Stylizer,
-        check_file_job,
-        check_folder_job,
-        default_output,
-        stylize_file,
-        stylize_folder,
-        write_grid,
-    )
-    from fststyle.temporal import check_temporal_mode, temporal_smoother
-    from fststyle.video import (
-        check_video_codec,
-        check_video_input,
-        check_video_job,
-        check_video_quality,
-        is_video,
-    )
+    """``fststyle stylize``: every photo, video and folder in ``input`` with ``model``, into ``output``."""
+    from fststyle.images import DEFAULT_MAX_PIXELS
+    from fststyle.runner import stylize_paths
+    from fststyle.stylize import Stylizer
 
     if cfg.model is None:
         raise UserError("no style model given: add --model starry_night (fststyle models lists the shipped ones) "
                         "or --model path/to/style.safetensors")
-    sources = _paths(cfg.input)
-    if not sources:
-        raise UserError("nothing to stylise: fststyle stylize photo.jpg (or photos/) --model starry_night")
-    for source in sources:
-        if not source.exists():
-            raise InputNotFoundError(f"input not found: {source}; pass photos or folders of photos")
-        if source.is_file() and is_video(source):
-            check_video_input(source)  # a file that is not a readable video fails before the model loads
-    if cfg.grid is not None and len(sources) > 1:
-        raise UserError("grid= draws one input; run the inputs one at a time, or put them in one folder")
-    quality = check_jpeg_quality(cfg.jpeg_quality)
-    max_pixels = cfg.max_pixels if cfg.max_pixels is not None else DEFAULT_MAX_PIXELS
-    video_settings = {"batch_size": cfg.batch_size, "quality": check_video_quality(cfg.video_quality),
-                      "codec": cfg.video_codec}
-    check_temporal_mode(cfg.temporal)
-
-    style = _style_choice(cfg.style)
 
     def load() -> Stylizer:
-        return Stylizer.load(cfg.model, device=cfg.device, precision=cfg.precision, style=style, tile=cfg.tile,
-                             tile_overlap=cfg.tile_overlap, strength=cfg.strength, preserve_color=cfg.preserve_color,
-                             compile=cfg.compile, statistics_size=cfg.tile_statistics_size)
+        return Stylizer.load(cfg.model, device=cfg.device, precision=cfg.precision, style=_style_choice(cfg.style),
+                             tile=cfg.tile, tile_overlap=cfg.tile_overlap, strength=cfg.strength,
+                             preserve_color=cfg.preserve_color, compile=cfg.compile,
+                             statistics_size=cfg.tile_statistics_size)
 
-    stylizer = None if cfg.output is not None else load()  # the default outputs name the style
-    targets = [_stylize_target(source, cfg.output, len(sources), stylizer, default_output) for source in sources]
-    _refuse_shared_targets(sources, targets)
-    folder_images, folder_videos = {}, {}
-    for source, target in zip(sources, targets, strict=True):
-        if source.is_dir():
-            folder_images[source] = check_folder_job(source, target, cfg.grid)
-            folder_videos[source] = _check_folder_videos(source, target)
-        elif is_video(source):
-            if cfg.grid is not None:
-                raise UserError(f"grid= draws photos, and {source} is a video; drop grid=")
-            check_video_job(source, target, cfg.video_codec)
-        else:
-            check_file_job(source, target, cfg.grid)
-    if any(is_video(source) for source in sources) or any(folder_videos.values()):
-        check_video_codec(video_settings["codec"])
-    rank, world = process_rank()
-    if world > 1:  # torchrun / SLURM: each process takes a disjoint share of the files and of each folder
-        if cfg.grid is not None:
-            raise UserError("grid= draws every input in one picture; run it in one process (not under torchrun/srun)")
-        mine = set(share([source for source in sources if not source.is_dir()], rank, world))
-        folder_images = {source: share(images, rank, world) for source, images in folder_images.items()}
-        folder_videos = {source: share(videos, rank, world) for source, videos in folder_videos.items()}
-        kept = [index for index, source in enumerate(sources) if source.is_dir() or source in mine]
-        sources, targets = [sources[index] for index in kept], [targets[index] for index in kept]
-        log.info("process %d of %d: %d files, %d folder images, %d folder videos", rank + 1, world, len(mine),
-                 sum(map(len, folder_images.values())), sum(map(len, folder_videos.values())))
-    stylizer = stylizer or load()
-    if cfg.output is not None and len(targets) > 1:  # several inputs in one folder: a later run must not read it
-        mark_output_folder(Path(cfg.output), sources)
-    status = 0
-    for source, target in zip(sources, targets, strict=True):
-        if source.is_dir():
-            if folder_images[source] or not folder_videos[source]:
-                report = stylize_folder(stylizer, source, target, batch_size=cfg.batch_size, max_pixels=max_pixels,
-                                        grid=cfg.grid, quality=quality, skip_existing=cfg.skip_existing,
-                                        images=folder_images[source])
-                log.info("%s", report.summary())
-                status = status or (1 if report.failed else 0)
-            failed = _stylize_folder_videos(stylizer, source, target, folder_videos[source], cfg.skip_existing,
-                                            cfg.temporal, video_settings)
-            status = status or (1 if failed else 0)
-            continue
-        if cfg.skip_existing and target.exists():
-            log.info("skipped %s: it exists (skip_existing=true)", target)
-            continue
-        if is_video(source):
-            from fststyle.video import stylize_video
-
-            smoother = temporal_smoother(cfg.temporal)  # one per clip: it holds the previous frame
-            log.info("%s", stylize_video(stylizer, source, target, smoother=smoother, **video_settings).summary())
-            continue
-        start = time.perf_counter()
-        stylize_file(stylizer, source, target, max_pixels=max_pixels, quality=quality)
-        log.info("wrote %s in %.2f s", target, time.perf_counter() - start)
-        if cfg.grid is not None:
-            write_grid([(open_image(source, max_pixels=max_pixels)[0], open_image(target)[0])], [source.name],
-                       cfg.grid, stylizer.style_name)
-    return status
+    report = stylize_paths(_paths(cfg.input), cfg.output, load, grid=cfg.grid, skip_existing=cfg.skip_existing,
+                           batch_size=cfg.batch_size, max_pixels=DEFAULT_MAX_PIXELS if cfg.max_pixels is None else cfg.max_pixels,
+                           jpeg_quality=cfg.jpeg_quality, video_quality=cfg.video_quality,
+                           video_codec=cfg.video_codec, temporal=cfg.temporal)
+    return 1 if report.failed else 0
 
 
 def _style_choice(value: Any) -> Any:
     """The ``style=`` setting as StyleModel.select takes it: None, a name, or a plain ``{name: weight}`` dict."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _check_folder_videos(source: Path, target: Path) -> list[Path]:
-    """The videos under the folder ``source``, none of whose outputs (same relative path under ``target``)
-    is an input."""
-    from fststyle.files import refuse_overwriting_inputs
-    from fststyle.images import list_images
-    from fststyle.video import VIDEO_SUFFIXES
-
-    videos = list_images(source, VIDEO_SUFFIXES)
-    refuse_overwriting_inputs(videos, [target / video.relative_to(source) for video in videos])
-    return videos
-
-
-def _stylize_folder_videos(stylizer: Any, source: Path, target: Path, videos: Sequence[Path], skip_existing: bool,
-                           temporal: str, settings: dict[str, Any]) -> list[Path]:
-    """Stylise each video under ``source`` into the same relative path under ``target``; a video that fails is
-    logged by name and the others still run. Returns the videos that failed."""
-    from fststyle.files import mark_output_folder
-    from fststyle.temporal import temporal_smoother
-    from fststyle.video import stylize_video
-
-    if videos:
-        mark_output_folder(target, [source])
-    failed = []
-    for video in videos:
-        destination = target / video.relative_to(source)
-        if skip_existing and destination.exists():
-            log.info("skipped %s: it exists (skip_existing=true)", destination)
-            continue
-        try:
-            smoother = temporal_smoother(temporal)  # one per clip: it holds the previous frame
-            log.info("%s", stylize_video(stylizer, video, destination, smoother=smoother, **settings).summary())
-        except (UserError, OSError) as error:
-            failed.append(video)
-            log.error("%s", error if str(video) in str(error) else f"{video}: {error}")
-    if videos:
-        log.info("stylised %d of %d videos in %s%s", len(videos) - len(failed), len(videos), source,
-                 f"; failed: {', '.join(map(str, failed))}" if failed else "")
-    return failed
-
-
-def _stylize_target(source: Path, output: str | None, count: int, stylizer: Any, default_output: Any) -> Path:
-    """Where ``source`` goes: beside it (no output), ``output`` itself (one input; a folder takes the file's
-    name), or ``output/<its name>`` (several inputs)."""
-    if output is None:
-        return default_output(source, stylizer.style_name)
-    target = Path(output)
-    as_folder = target.is_dir() or str(output).endswith(("/", "\\"))
-    if count > 1:
-        if target.is_file() or (target.suffix and not as_folder and not target.exists()):
-            raise UserError(f"output={output} looks like a file, but {count} inputs need a folder: -o {target.stem}/")
-        return target / source.name
-    return target / source.name if source.is_file() and as_folder else target
-
-
-def _refuse_shared_targets(sources: Sequence[Path], targets: Sequence[Path]) -> None:
-    """Two inputs must not write the same output (``a/x.jpg`` and ``b/x.jpg`` into one folder)."""
-    seen: dict[Path, Path] = {}
-    for source, target in zip(sources, targets, strict=True):
-        key = Path(os.path.abspath(target))
-        if key in seen:
-            raise UserError(f"{seen[key]} and {source} would both be written to {target}; stylise them into "
-                            "different output folders")
-        seen[key] = source
 
 
 def optimize(cfg: DictConfig) -> int:
