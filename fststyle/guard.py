@@ -87,7 +87,7 @@ class ArtefactGuard(Callback):
         step = trainer.global_step
         if not reasons:
             self.alarm = None
-            trainer.save_checkpoint(self.healthy_path)
+            trainer.save_checkpoint(self.healthy_path, weights_only=False)  # the full state: a run can resume from it
             self.healthy_step = step
             self.healthy_figures = artefact_figures(trainer.callback_metrics)
             return
