@@ -23,6 +23,8 @@ _PUBLIC = {
     "PerceptualLoss": "fststyle.losses",
     "VGGFeatures": "fststyle.vgg",
     "optimize_image": "fststyle.optimize",
+    "optimize_files": "fststyle.optimize",
+    "compare_paths": "fststyle.compare",
     "load_image": "fststyle.images",
     "save_image": "fststyle.images",
     "StyleModel": "fststyle.style_model",

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -312,6 +314,69 @@ def compare(model: str | Path, photos: Sequence[str | Path], output: str | Path,
         save_image(grid, output / overview_file)
     atomic_write_json(output / json_file, report)
     atomic_write_text(output / markdown_file, render_markdown(report))
+    return report
+
+
+def command_line() -> str:
+    """The command as typed, for a report's provenance: interpreter and script by name (python infer.py ...,
+    python fststyle compare ...)."""
+    return shlex.join([Path(part).name if index < 2 else part for index, part in enumerate(sys.orig_argv)])
+
+
+def split_style(value: str | os.PathLike | Mapping[str, float] | Sequence[str | os.PathLike] | None,
+                ) -> tuple[list[Path] | None, str | Mapping[str, float] | list[str] | None]:
+    """compare's ``style`` split into (style images to score against, the model's style to run): an existing
+    file is a style image; a ``{name: weight}`` mapping and any other value name the model's style(s)."""
+    if value is None or isinstance(value, Mapping):
+        return None, value
+    paths = [Path(value)] if isinstance(value, str | os.PathLike) else [Path(item) for item in value]
+    return [path for path in paths if path.is_file()] or None, [str(path) for path in paths if not path.is_file()]
+
+
+def compare_paths(model: str | Path | None, inputs: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                  output: str | os.PathLike | None, *, engines: str | Sequence[str],
+                  engine_configs: Mapping[str, Mapping[str, Any]],
+                  style: str | os.PathLike | Mapping[str, float] | Sequence[str | os.PathLike] | None = None,
+                  config: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """The whole comparison from paths: the photos and folders ``inputs`` against the model ``model`` (a
+    shipped name or a file) with ``engines``, into the folder ``output`` (None: compare_out).
+
+    Every input is checked once before any model is loaded: photos and a model given, inputs that exist, known
+    and configured engines, the model file, a writable output folder that is no input and will overwrite none.
+    ``style`` is split by ``split_style`` (style images to score against, or the model's style to run). The
+    report's provenance is the command as typed and ``config``, the full resolved config. ``options``: those
+    of ``compare`` (image_size, device: any name resolve_device takes, seed, cell_height, loss_weights,
+    progress). Logs where the reports went; returns the report (its ``failures`` list the photos and engines that failed)."""
+    from fststyle.bundled import find_model
+    from fststyle.devices import resolve_device
+    from fststyle.files import check_writable, refuse_overwriting_inputs
+    from fststyle.images import image_files
+
+    if model is None or inputs is None:
+        raise ComparisonError("compare needs photos and a model: fststyle compare photos/ --model starry_night")
+    sources = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(item) for item in inputs]
+    for source in sources:
+        if not source.exists():
+            raise ComparisonError(f"input not found: {source}; pass photos or folders of photos")
+    photos = image_files(sources, "input")
+    root = sources[0] if len(sources) == 1 and sources[0].is_dir() else None
+    engines = [engines] if isinstance(engines, str) else list(engines)
+    provenance = {"command": command_line(), "config": dict(config or {})}
+    output = Path(output or "compare_out")
+    check_engines(engines, engine_configs)
+    model_path = find_model(model)
+    if not model_path.is_file():
+        raise ComparisonError(f"model not found: {model}; pass --model starry_night or a .safetensors file")
+    check_writable(output, folder=True)
+    style_paths, style = split_style(style)
+    refuse_overwriting_inputs([*sources, model_path, *photos, *(style_paths or [])],
+                              [output, *planned_outputs(output, engines, photo_names(photos, root))])
+    device = resolve_device(str(options.pop("device", "cpu")))
+    report = compare(model_path, photos, output, engines=engines, engine_configs=engine_configs, photo_root=root,
+                     provenance=provenance, style_paths=style_paths, style=style, device=device, **options)
+    log.info("wrote %s and %s", output / "report.md", output / "report.json")
+    if report["failures"]:
+        log.error("%d failures on %d photos (listed in report.md)", len(report["failures"]), len(photos))
     return report
 
 

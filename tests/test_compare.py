@@ -22,6 +22,7 @@ from fststyle.compare import (
     style_images,
     summarise,
 )
+from fststyle.errors import UserError
 from fststyle.images import labelled_grid, load_image
 from fststyle.losses import PerceptualLoss
 from fststyle.style_model import StyleModel
@@ -290,3 +291,24 @@ def test_one_comparison_reads_the_model_file_once(tmp_path, monkeypatch):
     report = compare(model, [photo], tmp_path / "out", engines=["fast"], engine_configs={}, progress=False)
     assert opened == ["open", "safe_open"]
     assert not report["failures"] and report["photos"][0]["results"]["fast"]["losses"]["total"] > 0
+
+
+def test_compare_paths_is_the_whole_job_from_python(tmp_path):
+    """No CLI and no Hydra: the library call checks the inputs, runs the engines and writes the reports."""
+    from fststyle.compare import compare_paths
+
+    model = tiny_model(tmp_path / "starry.safetensors")
+    photos = photo_folder(tmp_path, count=1)
+    with pytest.raises(UserError, match="overwrite"):  # the output folder is an input: refused before loading
+        compare_paths(model, photos, photos, engines="fast", engine_configs={})
+    with pytest.raises(ComparisonError, match="unknown engine 'slow'"):
+        compare_paths(model, photos, tmp_path / "out", engines=["fast", "slow"], engine_configs={})
+    assert not (tmp_path / "out").exists()
+    report = compare_paths(model, photos, tmp_path / "out", engines="fast", engine_configs={},
+                           config={"asked": "from python"}, device="cpu", image_size=IMAGE_SIZE, cell_height=40,
+                           progress=False)
+    assert report["failures"] == [] and [row["name"] for row in report["photos"]] == [
+        next(photos.iterdir()).stem]
+    assert report["provenance"]["config"] == {"asked": "from python"} and report["engines"] == ["fast"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "fast").is_dir()

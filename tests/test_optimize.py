@@ -258,3 +258,41 @@ def test_image_pyramid_sizes_style_sizes_and_skipped_mrf_levels(random_mrf):
     assert plain.image(torch.rand(1, 3, 600, 400), plain.finest).shape[-2:] == (128, 85)
     skipping = ImagePyramid(600, 400, dataclasses.replace(settings, style_scale=1.0), random_mrf, [(96, 120)])
     assert [lv.index for lv in skipping.levels] == [1, 2] and skipping.sizes == plain.sizes[1:]
+
+
+def test_optimize_files_is_the_whole_job_from_python(random_vgg_loss, bundled_data, tmp_path):
+    """No CLI and no Hydra: the library call checks the inputs, runs, and writes the image and its report."""
+    from fststyle.optimize import optimize_files
+
+    photo = sorted((bundled_data / "preview").glob("*.jpg"))[0]
+    style = tmp_path / "starry_night.jpg"
+    style.write_bytes((bundled_data / "styles" / "starry_night.jpg").read_bytes())
+    engine = {"name": "gatys", "loss": random_vgg_loss(), "steps": 2, "optimizer": "adam", "image_size": 32}
+    with pytest.raises(UserError, match="overwrite"):  # refused before any loss is built
+        optimize_files(photo, [style], style, engine)
+    assert style.read_bytes() == (bundled_data / "styles" / "starry_night.jpg").read_bytes()
+    with pytest.raises(UserError, match="style_blend and content_masks exclude each other"):
+        optimize_files(photo, [style], tmp_path / "o.png", engine, content_masks=[photo], style_blend=[1.0])
+    with pytest.raises(UserError, match="optimize takes one photo, got 2"):
+        optimize_files([photo, photo], style, tmp_path / "o.png", engine)
+    assert not (tmp_path / "o.png").exists()
+    run = optimize_files(photo, style, tmp_path / "out" / "o.png", engine, seed=3, progress=False)
+    assert run.image == tmp_path / "out" / "o.png" and run.image.is_file()
+    assert max(load_image(run.image).shape[-2:]) == 32
+    report = json.loads(run.report_path.read_text())
+    assert report == json.loads(json.dumps(run.report))
+    assert report["engine"] == "gatys" and report["content"] == str(photo) and report["style"] == [str(style)]
+    assert report["settings"]["seed"] == 3 and [h["step"] for h in report["history"]] == [0, 1, 2]
+    assert report["final"] == run.result.final_terms
+
+
+def test_optimize_library_errors_need_no_hydra(repo, tmp_path):
+    """A user error of the library call is raised (and importable) without Hydra, OmegaConf or Lightning."""
+    script = ("import sys\nfrom fststyle.errors import UserError\nfrom fststyle.optimize import optimize_files\n"
+              "from fststyle.compare import compare_paths\n"
+              "try:\n    optimize_files('photo.jpg', None, 'o.png', {})\nexcept UserError as error:\n    print(error)\n"
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'lightning'}))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert done.stdout.splitlines() == ["optimize needs style: e.g. fststyle optimize photo.jpg --style painting.jpg "
+                                        "-o out.png (missing: --style painting.jpg)", "[]"]

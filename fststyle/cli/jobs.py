@@ -4,17 +4,14 @@ arguments. Every user error is raised as UserError before a network is loaded; e
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fststyle.errors import InputNotFoundError, UserError
+from fststyle.errors import UserError
 
 log = logging.getLogger("fststyle")
 
@@ -24,15 +21,6 @@ def _paths(value: Any) -> list[Path]:
     if value is None:
         return []
     return [Path(str(value))] if isinstance(value, str | os.PathLike) else [Path(str(item)) for item in value]
-
-
-def _existing_files(value: Any, setting: str) -> list[Path]:
-    """The files a path setting names, each checked to exist (one line naming the setting otherwise)."""
-    paths = _paths(value)
-    for path in paths:
-        if not path.is_file():
-            raise InputNotFoundError(f"{setting} file not found: {path}; pass an existing image file")
-    return paths
 
 
 def stylize(cfg: DictConfig) -> int:
@@ -65,150 +53,34 @@ def _style_choice(value: Any) -> Any:
 
 def optimize(cfg: DictConfig) -> int:
     """``fststyle optimize``: optimise one image (``input``) towards ``style`` with engine gatys or mrf."""
-    from fststyle.devices import resolve_device
-    from fststyle.files import (
-        atomic_write_json,
-        check_writable,
-        mark_output_folder,
-        refuse_overwriting_inputs,
-    )
-    from fststyle.images import check_image_suffix, check_jpeg_quality, load_image, save_image
-    from fststyle.losses import blend_weights
-    from fststyle.optimize import (
-        INITS,
-        ImagePyramid,
-        build_loss,
-        optimize_image,
-        settings_from_config,
-        step_images,
-    )
+    from fststyle.optimize import optimize_files
 
-    for key, example in (("input", "photo.jpg"), ("style", "--style painting.jpg"), ("output", "-o out.png")):
-        if cfg.get(key) is None:
-            raise UserError(f"optimize needs {key}: e.g. fststyle optimize photo.jpg --style painting.jpg -o out.png "
-                            f"(missing: {example})")
-    engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    output = check_image_suffix(cfg.output)
-    report_path = output.with_suffix(".json")
-    quality = check_jpeg_quality(cfg.jpeg_quality)
-    settings = settings_from_config({**engine, "preserve_color": bool(cfg.preserve_color), "seed": int(cfg.seed),
-                                     "save_dir": engine.get("save_dir") or str(output.with_name(output.stem + "_steps"))})
-    contents = _existing_files(cfg.input, "input")
-    if len(contents) != 1:
-        raise UserError(f"optimize takes one photo, got {len(contents)}; run it once per photo")
-    content_path = contents[0]
-    style_paths = _existing_files(cfg.style, "style")
-    mask_paths = _existing_files(cfg.content_masks, "content_masks") or None
-    style_mask_paths = _existing_files(cfg.style_masks, "style_masks") or None
-    init_paths = [] if settings.init in INITS else [Path(settings.init)]
-    if init_paths and not init_paths[0].is_file():
-        raise InputNotFoundError(f"engine.init={settings.init!r} is neither one of {', '.join(INITS)} nor an existing "
-                                 "image file; e.g. engine.init=noise or engine.init=start.png")
-    for what, paths in (("content_masks", mask_paths), ("style_masks", style_mask_paths)):
-        if paths is not None and len(paths) != len(style_paths):
-            raise UserError(f"got {len(style_paths)} styles but {len(paths)} {what}: give one mask per style, "
-                            f"in the same order, e.g. style='[sky.jpg,sea.jpg]' {what}='[sky.png,sea.png]'")
-    blend = list(cfg.style_blend) if cfg.get("style_blend") is not None else None
-    if blend is not None and mask_paths is not None:
-        raise UserError("style_blend and content_masks exclude each other: with masks, each region gets its own "
-                        "style; drop style_blend=")
-    if blend is not None:
-        try:
-            blend_weights(len(style_paths), blend)
-        except ValueError as error:
-            raise UserError(f"style_blend: {error}, e.g. style_blend='[0.7,0.3]' for two styles") from None
-    inputs = [content_path, *style_paths, *(mask_paths or []), *(style_mask_paths or []), *init_paths]
-    steps = step_images(settings)
-    refuse_overwriting_inputs(inputs, [output, report_path, *steps])
-    for path in (output, *steps[:1]):
-        check_writable(path)
-
-    device = resolve_device(str(cfg.device))
-    loss = build_loss(engine).to(device)
-    content = load_image(content_path, settings.image_size)
-    style_side = ImagePyramid.style_side(settings.image_size, settings.style_scale)
-    styles = [load_image(path, style_side) for path in style_paths]
-    masks = [load_image(path) for path in mask_paths] if mask_paths else None
-    style_masks = [load_image(path) for path in style_mask_paths] if style_mask_paths else None
-    if steps:
-        mark_output_folder(settings.save_dir, inputs)
-    result = optimize_image(content, styles, loss, settings, style_blend=blend, content_masks=masks,
-                            style_masks=style_masks)
-    save_image(result.image, output, quality=quality)
-    report = {
-        "engine": cfg.engine.name,
-        "content": str(content_path),
-        "style": [str(p) for p in style_paths],
-        "style_blend": blend,
-        "content_masks": [str(p) for p in mask_paths] if mask_paths else None,
-        "style_masks": [str(p) for p in style_mask_paths] if style_mask_paths else None,
-        "device": str(device),
-        "settings": dataclasses.asdict(settings),
-        "loss": engine["loss"],
-        "seconds": result.seconds,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "evaluations": result.evaluations,
-        "start": result.history[0] if result.history else {},
-        "final": result.final_terms,
-        "history": result.history,
-    }
-    atomic_write_json(report_path, report)
-    print(f"wrote {output} and {report_path.name} ({result.seconds:.1f} s, "
-          f"final loss {result.final_terms.get('total', float('nan')):.4g})")
+    run = optimize_files(_paths(cfg.input) if cfg.get("input") is not None else None,
+                         _paths(cfg.style) if cfg.get("style") is not None else None, cfg.get("output"),
+                         OmegaConf.to_container(cfg.engine, resolve=True), content_masks=_paths(cfg.content_masks),
+                         style_masks=_paths(cfg.style_masks),
+                         style_blend=list(cfg.style_blend) if cfg.get("style_blend") is not None else None,
+                         preserve_color=bool(cfg.preserve_color), seed=int(cfg.seed), device=str(cfg.device),
+                         jpeg_quality=cfg.jpeg_quality)
+    print(f"wrote {run.image} and {run.report_path.name} ({run.result.seconds:.1f} s, "
+          f"final loss {run.result.final_terms.get('total', float('nan')):.4g})")
     return 0
 
 
 def compare(cfg: DictConfig) -> int:
     """``fststyle compare``: the fast model and the optimisation engines on the same photos, one report.
     The output folder is checked (writable, not an input, no file in it an input) before any model is loaded."""
-    from fststyle.bundled import find_model
-    from fststyle.compare import ComparisonError, check_engines, compare, photo_names, planned_outputs
-    from fststyle.devices import resolve_device
-    from fststyle.files import check_writable, refuse_overwriting_inputs
-    from fststyle.images import image_files
+    from fststyle.compare import compare_paths
 
-    if cfg.get("model") is None or cfg.get("input") is None:
-        raise ComparisonError("compare needs photos and a model: fststyle compare photos/ --model starry_night")
-    sources = _paths(cfg.input)
-    for source in sources:
-        if not source.exists():
-            raise ComparisonError(f"input not found: {source}; pass photos or folders of photos")
-    photos = image_files(sources, "input")
-    root = sources[0] if len(sources) == 1 and sources[0].is_dir() else None
     engines = [cfg.engines] if isinstance(cfg.engines, str) else list(cfg.engines)
     configs = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in engines
                if name != "fast" and cfg.get(name) is not None}
-    # the command as typed: interpreter and script by name (python infer.py ..., python fststyle compare ...)
-    command = shlex.join([Path(part).name if index < 2 else part for index, part in enumerate(sys.orig_argv)])
-    provenance = {"command": command, "config": OmegaConf.to_container(cfg, resolve=True)}
-    output = Path(cfg.output or "compare_out")
-    check_engines(engines, configs)
-    model = find_model(cfg.model)
-    if not model.is_file():
-        raise ComparisonError(f"model not found: {cfg.model}; pass --model starry_night or a .safetensors file")
-    check_writable(output, folder=True)
-    style_paths, style = _compare_styles(cfg.style)
-    inputs = [*sources, model, *photos, *(style_paths or [])]
-    refuse_overwriting_inputs(inputs, [output, *planned_outputs(output, engines, photo_names(photos, root))])
-    report = compare(model, photos, output, engines=engines, engine_configs=configs,
-                     image_size=cfg.get("image_size"), device=resolve_device(str(cfg.device)), seed=int(cfg.seed),
-                     cell_height=int(cfg.get("cell_height", 256)), photo_root=root, provenance=provenance,
-                     style_paths=style_paths, loss_weights=cfg.get("loss_weights"), style=style)
-    log.info("wrote %s and %s", output / "report.md", output / "report.json")
-    if report["failures"]:
-        log.error("%d failures on %d photos (listed in report.md)", len(report["failures"]), len(photos))
-        return 1
-    return 0
-
-
-def _compare_styles(value: Any) -> tuple[list[Path] | None, Any]:
-    """compare's ``style=`` split into (style images to score against, the model's style to run): an existing
-    file is a style image; a ``{name: weight}`` mapping and any other value name the model's style(s)."""
-    value = _style_choice(value)
-    if value is None or isinstance(value, dict):
-        return None, value
-    paths = _paths(value)
-    return [path for path in paths if path.is_file()] or None, [str(path) for path in paths if not path.is_file()]
+    report = compare_paths(cfg.get("model"), _paths(cfg.input) if cfg.get("input") is not None else None,
+                           cfg.output, engines=engines, engine_configs=configs, style=_style_choice(cfg.style),
+                           config=OmegaConf.to_container(cfg, resolve=True), image_size=cfg.get("image_size"),
+                           device=str(cfg.device), seed=int(cfg.seed),
+                           cell_height=int(cfg.get("cell_height", 256)), loss_weights=cfg.get("loss_weights"))
+    return 1 if report["failures"] else 0
 
 
 def export(cfg: DictConfig) -> int:
