@@ -25,7 +25,8 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
-from fststyle.kinds import InputKind, Outcome, PlanItem, failure, new_smoother, stylised_frames
+from fststyle.kinds import InputKind, Outcome, PlanItem, failure, new_smoother
+from fststyle.video import stylised_frames
 
 ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
 #: a printf frame number in a file name: %d or %05d

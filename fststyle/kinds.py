@@ -9,7 +9,7 @@ work, and how to run a list of checked items. The plan (fststyle.plan) asks the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,9 @@ from fststyle.images import (
     save_image,
     tensor_to_pil,
 )
-from fststyle.video import DEFAULT_VIDEO_QUALITY, VIDEO_SUFFIXES
+from fststyle.video import DEFAULT_VIDEO_QUALITY, VIDEO_SUFFIXES, Smoother
 
 log = logging.getLogger("fststyle")
-#: a per-clip smoother: (frame, stylised frame), both 3,H,W in [0,1] -> the frame to write (fststyle.temporal)
-Smoother = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -112,14 +110,6 @@ def new_smoother(temporal: str) -> Smoother | None:
     from fststyle.temporal import FlowSmoother
 
     return FlowSmoother() if temporal == "flow" else None
-
-
-def stylised_frames(stylizer: Any, originals: torch.Tensor, smoother: Smoother | None) -> list[torch.Tensor]:
-    """Consecutive frames N,3,H,W in [0,1] -> their stylised frames (3,H,W each, on the CPU), each smoothed in
-    order by ``smoother`` when there is one."""
-    stylised = stylizer.stylize(originals).cpu()
-    return [image if smoother is None else smoother(original, image)
-            for original, image in zip(originals.cpu(), stylised, strict=True)]
 
 
 def thumbnail(image: torch.Tensor, height: int) -> Image.Image:

@@ -146,6 +146,14 @@ def check_video_quality(quality: int) -> int:
                                  DEFAULT_VIDEO_QUALITY)
 
 
+def stylised_frames(stylizer: Any, originals: torch.Tensor, smoother: Smoother | None) -> list[torch.Tensor]:
+    """Consecutive frames N,3,H,W in [0,1] -> their stylised frames (3,H,W each, on the CPU), each smoothed in
+    order by ``smoother`` when there is one."""
+    stylised = stylizer.stylize(originals).cpu()
+    return [image if smoother is None else smoother(original, image)
+            for original, image in zip(originals.cpu(), stylised, strict=True)]
+
+
 @dataclass
 class VideoReport:
     """What ``stylize_video`` wrote: the output, its frame count, the audio streams copied, wall seconds."""
@@ -254,10 +262,7 @@ def _transcode(av: Any, container: Any, video: Any, audio: list[Any], temporary:
         nonlocal written
         pixels = torch.stack([torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in frames])
         originals = pixels.permute(0, 3, 1, 2).float().div_(255)
-        stylised = stylizer.stylize(originals).cpu()
-        for frame, original, image in zip(frames, originals, stylised, strict=True):
-            if smoother is not None:
-                image = smoother(original, image)
+        for frame, image in zip(frames, stylised_frames(stylizer, originals, smoother), strict=True):
             array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
             encoded = _to_encoder(av.VideoFrame.from_ndarray(array, format="rgb24"), out_video.codec_context)
             encoded.pts = frame.pts if frame_ticks is None else round(written * frame_ticks)
