@@ -23,8 +23,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fststyle.artefacts import blob_share, hatching
-from fststyle.compare import scoring_loss, style_images
-from fststyle.images import image_files, labelled_grid, load_image, save_image
+from fststyle.compare.scoring import scoring_loss, style_images
+from fststyle.io.decode import load_image
+from fststyle.io.encode import save_image
+from fststyle.io.grids import labelled_grid
+from fststyle.io.listing import image_files
 from fststyle.style_model import StyleModel
 
 SHARED_CONTENT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "content"

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from fststyle.devices import device_name
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer, resolve_precision
-from fststyle.transformer import TransformerNet
+from fststyle.stylize.stylizer import Stylizer, resolve_precision
 
 SIZES = ["256x256", "512x512", "1024x1024", "1920x1080"]
 

@@ -23,8 +23,11 @@ from pathlib import Path
 import torch
 
 from bench.artefacts import held_out
-from fststyle.compare import style_images
-from fststyle.images import image_files, labelled_grid, load_image, save_image
+from fststyle.compare.scoring import style_images
+from fststyle.io.decode import load_image
+from fststyle.io.encode import save_image
+from fststyle.io.grids import labelled_grid
+from fststyle.io.listing import image_files
 from fststyle.style_model import StyleModel
 
 

@@ -32,8 +32,9 @@ def measure(engine: str, optimizer: str, size: int, iterations: int, device: str
     import torch
     from omegaconf import OmegaConf
 
-    from fststyle.images import load_image
-    from fststyle.optimize import OptimizeSettings, build_loss, optimize_image
+    from fststyle.io.decode import load_image
+    from fststyle.optimize.engine import optimize_image
+    from fststyle.optimize.settings import OptimizeSettings, build_loss
 
     engine_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "engine" / f"{engine}.yaml"))
     loss = build_loss(engine_cfg).to(device)

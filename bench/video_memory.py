@@ -56,9 +56,9 @@ def make_clip(path: Path, seconds: float, width: int, height: int, fps: int = 24
 
 def measure(clip: str, model: str, device: str, batch_size: int) -> None:
     """Stylise ``clip`` once in this process; print a JSON line with the peak memory and frames/s."""
+    from fststyle.io.video import stylize_video
     from fststyle.memory import PeakMemory
-    from fststyle.stylize import Stylizer
-    from fststyle.video import stylize_video
+    from fststyle.stylize.stylizer import Stylizer
 
     stylizer = Stylizer.load(model, device=device)
     target = Path(clip).with_name(Path(clip).stem + "_styled.mp4")

@@ -5,7 +5,7 @@
     fststyle.save_image(stylizer(fststyle.load_image("photo.jpg")), "out.jpg")
 
 The names below load on first use, so ``import fststyle`` stays light; none of them imports Lightning
-(training lives in fststyle.training and runs through ``fststyle train``).
+(training lives in fststyle.training.run and runs through ``fststyle train``).
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _PUBLIC = {
-    "Stylizer": "fststyle.stylize",
-    "stylize_paths": "fststyle.runner",
-    "TransformerNet": "fststyle.transformer",
+    "Stylizer": "fststyle.stylize.stylizer",
+    "stylize_paths": "fststyle.stylize.runner",
+    "TransformerNet": "fststyle.nets.transformer",
     "PerceptualLoss": "fststyle.losses",
-    "VGGFeatures": "fststyle.vgg",
-    "optimize_image": "fststyle.optimize",
-    "optimize_files": "fststyle.optimize",
-    "compare_paths": "fststyle.compare",
-    "load_image": "fststyle.images",
-    "save_image": "fststyle.images",
+    "VGGFeatures": "fststyle.nets.vgg",
+    "optimize_image": "fststyle.optimize.engine",
+    "optimize_files": "fststyle.optimize.job",
+    "compare_paths": "fststyle.compare.job",
+    "load_image": "fststyle.io.decode",
+    "save_image": "fststyle.io.encode",
     "StyleModel": "fststyle.style_model",
     "shipped_models": "fststyle.bundled",
 }

@@ -9,7 +9,7 @@
 
 Both compare an output with the photo it was made from, so a dark painting style on a dark photo is no blob.
 Training logs them on the held-out preview photos (``val/blobs``, ``val/hatching``), the artefact guard
-(fststyle.guard) watches them, and exported models record them; bench/multistyle.py scores models with them.
+(fststyle.training.guard) watches them, and exported models record them; bench/multistyle.py scores models with them.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from fststyle.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
 #: the shipped folders, by their name in a clone -> their name inside an installed package (``data`` is
-#: ``sample_data`` there, beside the module fststyle/data.py)
+#: ``sample_data`` there)
 SHIPPED_FOLDERS = {"conf": "conf", "data": "sample_data", "checkpoints": "checkpoints"}
 MODEL_SUFFIX = ".safetensors"
 

@@ -12,7 +12,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from fststyle.errors import UserError
-from fststyle.transformer_config import MAX_STYLES, TransformerConfig
+from fststyle.nets.transformer_config import MAX_STYLES, TransformerConfig
 
 FORMAT = "fststyle.style-model/1"
 METADATA_KEY = "fststyle"

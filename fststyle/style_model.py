@@ -18,11 +18,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from fststyle.blend import blend_weights
 from fststyle.bundled import find_model
 from fststyle.errors import UserError
-from fststyle.files import atomic_write
-from fststyle.images import IMAGE_SUFFIXES
+from fststyle.io.files import atomic_write
+from fststyle.io.listing import IMAGE_SUFFIXES
 from fststyle.model_header import (
     FORMAT,
     MAX_IMAGE_SIDE,
@@ -37,8 +36,9 @@ from fststyle.model_header import (
     parse_header,
     style_names,
 )
-from fststyle.transformer import TransformerConfig, TransformerNet
-from fststyle.transformer_config import MAX_STYLES
+from fststyle.nets.blend import blend_weights
+from fststyle.nets.transformer import TransformerConfig, TransformerNet
+from fststyle.nets.transformer_config import MAX_STYLES
 
 #: one style image (or several of one size, a blend's): uint8 K*3,H,W; a model of several styles stores
 #: style i's image as ``style_image.<i>`` (3,H,W)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from fststyle.cli.config import compose as compose_job
-from fststyle.train_settings import plain_config
+from fststyle.training.settings import plain_config
 
 REPO = Path(__file__).resolve().parents[1]
 

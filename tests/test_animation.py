@@ -1,4 +1,4 @@
-"""Animated GIF and WebP (fststyle.kinds.AnimationKind): every frame with its own duration, the loop count and
+"""Animated GIF and WebP (fststyle.stylize.kinds.AnimationKind): every frame with its own duration, the loop count and
 the transparency kept, frames smoothed along optical flow; a still WebP stays a photo, a still GIF in a folder
 is named as skipped."""
 
@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from fststyle.errors import UserError
-from fststyle.runner import stylize_paths
-from fststyle.stylize import Stylizer
-from fststyle.transformer import TransformerNet
+from fststyle.nets.transformer import TransformerNet
+from fststyle.stylize.runner import stylize_paths
+from fststyle.stylize.stylizer import Stylizer
 
 DURATIONS = [40, 80, 120, 60, 100]
 

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from fststyle.artefacts import blob_share, hatching
-from fststyle.data import ImageFolderImages
 from fststyle.errors import UserError
-from fststyle.guard import HEALTHY_CHECKPOINT
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import ModelFileError, StyleModel
-from fststyle.training import build_module, train
-from fststyle.transformer import TransformerNet
+from fststyle.training.data import ImageFolderImages
+from fststyle.training.guard import HEALTHY_CHECKPOINT
+from fststyle.training.run import build_module, train
 
 
 def grey(size: int = 32, value: float = 0.5) -> torch.Tensor:

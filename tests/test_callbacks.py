@@ -10,10 +10,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fststyle.bundled import bundled_path
-from fststyle.callbacks import GatysGapCallback
-from fststyle.data import StyleDataModule
-from fststyle.images import load_image
-from fststyle.module import StyleTransferModule
+from fststyle.io.decode import load_image
+from fststyle.training.callbacks import GatysGapCallback
+from fststyle.training.data import StyleDataModule
+from fststyle.training.module import StyleTransferModule
 
 #: a small real training loss on the offline Caffe VGG-19
 LOSS = {"network": {"arch": "vgg19", "weights": "caffe"}, "content_layers": {"relu2_2": 1.0},

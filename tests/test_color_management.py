@@ -17,12 +17,12 @@ import torch
 from PIL import Image, ImageCms
 
 from fststyle.cli import jobs
-from fststyle.data import read_rgb_uint8
-from fststyle.images import load_image, open_image, read_photo, save_image
-from fststyle.runner import stylize_paths
+from fststyle.io.decode import load_image, open_image, read_photo, read_rgb_uint8
+from fststyle.io.encode import save_image
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer
-from fststyle.transformer import TransformerNet
+from fststyle.stylize.runner import stylize_paths
+from fststyle.stylize.stylizer import Stylizer
 
 # CIE 1931 xy chromaticities: Display P3 (Apple; SMPTE EG 432-1 primaries with a D65 white) and sRGB (IEC 61966-2-1)
 P3_PRIMARIES = ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060))

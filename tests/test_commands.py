@@ -142,6 +142,25 @@ def test_stylize_imports_neither_the_losses_nor_lightning(tmp_path: Path) -> Non
     assert Image.open(tmp_path / "out.jpg").size == (40, 30)
 
 
+
+def test_a_run_composes_its_config_once(tmp_path: Path) -> None:
+    """A command composes its config once: the override check is that composition (hydra.main composed it
+    twice more, once only to read ``hydra.mode``). --cfg still goes through hydra.main."""
+    Image.new("RGB", (40, 30), "teal").save(tmp_path / "photo.jpg")
+    code = ("import sys\nfrom hydra._internal.config_loader_impl import ConfigLoaderImpl\n"
+            "from fststyle.cli.main import main\ncount = []\nload = ConfigLoaderImpl.load_configuration\n"
+            "def counted(*args, **kwargs):\n    count.append(1)\n    return load(*args, **kwargs)\n"
+            "ConfigLoaderImpl.load_configuration = counted\ntry:\n"
+            "    main(['stylize', 'photo.jpg', '-m', 'starry_night', '-o', 'out.jpg', 'device=cpu'] + sys.argv[1:])\n"
+            "except SystemExit as end:\n    print('exit', end.code)\nprint('compositions', len(count))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines()[-1] == "compositions 1", run.stdout + run.stderr
+    assert Image.open(tmp_path / "out.jpg").size == (40, 30)
+    typo = subprocess.run([sys.executable, "-c", code, "strenght=0.5"], cwd=tmp_path, capture_output=True, text=True,
+                          check=True)
+    assert typo.stdout.splitlines()[-2:] == ["exit 2", "compositions 2"], typo.stdout  # the nearest key's lookup
+    assert typo.stderr.strip() == "error: unknown setting 'strenght': did you mean strength?", typo.stderr
+
 def test_export_a_shipped_model_by_name_into_the_working_directory(tmp_path: Path) -> None:
     result = fststyle("export", "starry_night", "format=torchscript", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

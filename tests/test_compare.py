@@ -15,18 +15,15 @@ from PIL import Image
 
 from fststyle.bundled import bundled_path
 from fststyle.cli import jobs
-from fststyle.compare import (
-    ComparisonError,
-    column_labels,
-    compare,
-    style_images,
-    summarise,
-)
+from fststyle.compare.job import compare
+from fststyle.compare.report import column_labels
+from fststyle.compare.scoring import ComparisonError, style_images, summarise
 from fststyle.errors import UserError
-from fststyle.images import labelled_grid, load_image
+from fststyle.io.decode import load_image
+from fststyle.io.grids import labelled_grid
 from fststyle.losses import PerceptualLoss
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import StyleModel
-from fststyle.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]
 #: a small real training loss: Caffe VGG-19 (offline), one content and two style layers
@@ -295,7 +292,7 @@ def test_one_comparison_reads_the_model_file_once(tmp_path, monkeypatch):
 
 def test_compare_paths_is_the_whole_job_from_python(tmp_path):
     """No CLI and no Hydra: the library call checks the inputs, runs the engines and writes the reports."""
-    from fststyle.compare import compare_paths
+    from fststyle.compare.job import compare_paths
 
     model = tiny_model(tmp_path / "starry.safetensors")
     photos = photo_folder(tmp_path, count=1)

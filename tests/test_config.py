@@ -11,11 +11,11 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from fststyle.bundled import config_dir
-from fststyle.data import StyleDataModule
 from fststyle.losses import PerceptualLoss
-from fststyle.optimize import OptimizeSettings, settings_from_config
-from fststyle.train_settings import NetworkSettings, OptimizerSettings
-from fststyle.transformer import TransformerConfig
+from fststyle.nets.transformer import TransformerConfig
+from fststyle.optimize.settings import OptimizeSettings, settings_from_config
+from fststyle.training.data import StyleDataModule
+from fststyle.training.settings import NetworkSettings, OptimizerSettings
 
 CONF = config_dir()
 

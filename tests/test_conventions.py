@@ -51,3 +51,25 @@ def test_fststyle_modules_import_one_way(repo: Path) -> None:
         if name not in finished:
             visit(name, [name])
     assert not cycles, f"import cycles: {cycles}"
+
+
+#: fststyle's folders (and top-level modules) in the order of docs/design.md §Architecture: each imports only
+#: its own row and the rows above it
+LAYERS = [{"errors", "devices", "memory", "color", "artefacts"}, {"io"}, {"nets"}, {"losses"},
+          {"model_header", "style_model", "bundled"}, {"stylize"}, {"optimize"}, {"compare"}, {"training"}, {"cli"}]
+
+
+def test_fststyle_folders_import_only_the_rows_above_them(repo: Path) -> None:
+    rank = {name: row for row, names in enumerate(LAYERS) for name in names}
+    package = repo / "fststyle"
+    upward = []
+    for path in package.rglob("*.py"):
+        own = path.relative_to(package).parts[0].removesuffix(".py")
+        if own in ("__init__", "__main__"):
+            continue
+        assert own in rank, f"{own} is in no row of LAYERS; add it there and to the table of docs/design.md §Architecture"
+        for module, name in imports(path):
+            parts = (f"{module}.{name}" if module == "fststyle" else module).split(".")
+            if parts[0] == "fststyle" and len(parts) > 1 and rank.get(parts[1], -1) > rank[own]:
+                upward.append(f"{path.relative_to(repo)} imports {'.'.join(parts)}")
+    assert not upward, f"imports from a lower row of docs/design.md §Architecture: {upward}"

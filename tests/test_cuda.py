@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
 from fststyle.style_model import StyleModel
-from fststyle.training import build_module, train
+from fststyle.training.run import build_module, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -14,8 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fststyle import data, images
-from fststyle.data import (
+from fststyle.io.convert import pil_to_tensor
+from fststyle.io.decode import ImageReadError, open_image, read_rgb_uint8
+from fststyle.io.listing import list_images
+from fststyle.training import data
+from fststyle.training.data import (
     CocoImages,
     ImageFolderImages,
     PreviewImages,
@@ -112,15 +115,15 @@ def test_fast_decoder_matches_pillow(tmp_path, tiny_jpegs):
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")
     Image.open(tiny_jpegs[1]).save(tmp_path / "photo.tif")
     for name in ("rotated.jpg", "rotated.webp", "ramp16.png", "photo.tif"):
-        fast = data.read_rgb_uint8(tmp_path / name)
-        reference = images.pil_to_tensor(images.open_image(tmp_path / name)[0]).mul(255).round()
+        fast = read_rgb_uint8(tmp_path / name)
+        reference = pil_to_tensor(open_image(tmp_path / name)[0]).mul(255).round()
         assert fast.dtype == torch.uint8 and fast.shape == reference.shape, name
         assert (fast.float() - reference).abs().mean() < 2.0, name
 
 
 def test_fast_decoder_bomb_guard(tiny_jpegs):
-    with pytest.raises(images.ImageReadError, match="max_pixels"):
-        data.read_rgb_uint8(tiny_jpegs[0], max_pixels=100)
+    with pytest.raises(ImageReadError, match="max_pixels"):
+        read_rgb_uint8(tiny_jpegs[0], max_pixels=100)
 
 
 def png_declaring(width, height):
@@ -160,7 +163,7 @@ def webp_declaring(width, height):
 #: much the process's peak memory grew while reading
 READ_ALL = """
 import json, resource, sys, warnings
-from fststyle.data import ImageFolderImages, UnreadableImageWarning
+from fststyle.training.data import ImageFolderImages, UnreadableImageWarning
 dataset = ImageFolderImages(sys.argv[1], image_size=16)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with warnings.catch_warnings(record=True) as caught:
@@ -202,7 +205,7 @@ def test_decompression_bombs_and_damaged_pngs_are_skipped_without_decoding(tmp_p
 
 
 def test_preview_images_centre_crop(bundled_data):
-    paths = images.list_images(bundled_data / "preview")
+    paths = list_images(bundled_data / "preview")
     assert len(paths) == 4
     previews = PreviewImages(paths, size=64)
     assert len(previews) == 4 and previews.paths == paths
@@ -216,7 +219,7 @@ def test_datamodule_loaders(bundled_data, num_workers):
         image_size=64,
         batch_size=4,
         num_workers=num_workers,
-        preview=images.list_images(bundled_data / "preview")[:3],
+        preview=list_images(bundled_data / "preview")[:3],
         preview_size=48,
         max_images=10,
     )

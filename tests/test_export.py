@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fststyle.errors import UserError
-from fststyle.export import export_model
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import StyleModel
-from fststyle.transformer import TransformerNet
+from fststyle.stylize.export import export_model
 
 #: float32 on CPU: same operations in a different order (onnxruntime's kernels vs oneDNN); observed max ~2e-6
 TOLERANCE = 1e-4

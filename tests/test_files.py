@@ -1,4 +1,4 @@
-"""fststyle.files: durable atomic writes with the umask's mode, the one check that keeps outputs off inputs,
+"""fststyle.io.files: durable atomic writes with the umask's mode, the one check that keeps outputs off inputs,
 writable-output checks, and output-folder markers that keep earlier outputs out of image listings."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fststyle.errors import UserError
-from fststyle.files import (
+from fststyle.io.files import (
     OUTPUT_MARKER,
     OverwriteError,
     atomic_write,
@@ -22,7 +22,7 @@ from fststyle.files import (
     mark_output_folder,
     refuse_overwriting_inputs,
 )
-from fststyle.images import list_images
+from fststyle.io.listing import list_images
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -43,7 +43,7 @@ def test_importing_and_writing_never_sets_the_umask(repo, tmp_path: Path) -> Non
         "calls = []\n"
         "real = os.umask\n"
         "os.umask = lambda mask: (calls.append(mask), real(mask))[1]\n"
-        "from fststyle.files import atomic_write_text\n"
+        "from fststyle.io.files import atomic_write_text\n"
         f"atomic_write_text({str(tmp_path / 'x.txt')!r}, 'x')\n"
         "print(calls)\n"
     )

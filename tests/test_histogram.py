@@ -15,11 +15,12 @@ from fststyle.bundled import config_dir
 from fststyle.cli import jobs
 from fststyle.cli.arguments import prepare_command_line
 from fststyle.cli.config import setting_descriptions
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
 from fststyle.losses import HistogramLoss, PerceptualLoss, match_histograms, sorted_mixture, term_names
-from fststyle.optimize import build_loss, optimize_image, settings_from_config
-from fststyle.training import build_module
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
+from fststyle.optimize.engine import optimize_image
+from fststyle.optimize.settings import build_loss, settings_from_config
+from fststyle.training.run import build_module
 
 
 def test_matching_keeps_each_channels_order_and_takes_the_targets_values() -> None:

@@ -20,10 +20,10 @@ from safetensors.torch import save_file
 from fststyle.bundled import bundled_path
 from fststyle.cli import jobs
 from fststyle.errors import UserError
-from fststyle.files import OUTPUT_MARKER, OverwriteError
-from fststyle.images import list_images
+from fststyle.io.files import OUTPUT_MARKER, OverwriteError
+from fststyle.io.listing import list_images
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import ModelFileError, StyleModel
-from fststyle.transformer import TransformerNet
 
 REPO = Path(__file__).resolve().parents[1]
 PREVIEW = bundled_path("data/preview")

@@ -14,8 +14,8 @@ from fststyle.losses import (
     term_names,
     total_variation,
 )
-from fststyle.training import train
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
+from fststyle.training.run import train
 
 STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0}
 

@@ -16,12 +16,12 @@ from PIL import Image
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fststyle.data import StyleDataModule
-from fststyle.images import load_image
-from fststyle.module import NonFiniteLossError, StyleTransferModule
+from fststyle.io.decode import load_image
+from fststyle.nets.vgg import VGGFeatures
 from fststyle.style_model import StyleModel
-from fststyle.training import build_module, train
-from fststyle.vgg import VGGFeatures
+from fststyle.training.data import StyleDataModule
+from fststyle.training.module import NonFiniteLossError, StyleTransferModule
+from fststyle.training.run import build_module, train
 
 HALVE_LR_EVERY_2_STEPS = ["optimizer.schedule=step", "optimizer.step_size=2", "optimizer.gamma=0.5"]
 

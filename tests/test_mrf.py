@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fststyle.errors import UserError
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
 from fststyle.losses import (
     STYLE_LOSSES,
     MRFStyleLoss,
@@ -17,7 +17,7 @@ from fststyle.losses import (
     normalise_patches,
 )
 from fststyle.losses.mrf import augmented_sizes
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
 
 LAYERS = {"relu3_1": 1.0, "relu4_1": 1.0}
 

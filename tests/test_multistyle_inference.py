@@ -16,13 +16,13 @@ from PIL import Image
 
 from fststyle.bundled import bundled_path
 from fststyle.cli import jobs
-from fststyle.compare import scoring_loss
+from fststyle.compare.scoring import scoring_loss
 from fststyle.errors import UserError
-from fststyle.export import export_model
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
+from fststyle.nets.transformer import InstanceNorm2d, TransformerNet
 from fststyle.style_model import StyleModel
-from fststyle.stylize import Stylizer
-from fststyle.transformer import InstanceNorm2d, TransformerNet
+from fststyle.stylize.export import export_model
+from fststyle.stylize.stylizer import Stylizer
 from infer import command
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fststyle.callbacks import GatysGapCallback
 from fststyle.cli import run_job
 from fststyle.cli.main import main as fststyle_main
-from fststyle.data import StyleDataModule
 from fststyle.errors import UserError
+from fststyle.nets.transformer import InstanceNorm2d, TransformerConfig, TransformerNet
 from fststyle.style_model import StyleModel
-from fststyle.training import build_module, train
-from fststyle.transformer import InstanceNorm2d, TransformerConfig, TransformerNet
+from fststyle.training.callbacks import GatysGapCallback
+from fststyle.training.data import StyleDataModule
+from fststyle.training.run import build_module, train
 
 STYLES = ("the_scream", "udnie", "starry_night")
 
@@ -253,7 +253,7 @@ def test_finetune_name_clash_is_one_line(multi_run, repo, tiny_config, tmp_path:
 # ---- callbacks that compare one style --------------------------------------------------------------------
 def test_gatys_gap_refuses_several_trained_styles(repo, tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "trainer.max_steps=1", *multi_overrides(repo),
-                      "+callbacks.gap._target_=fststyle.callbacks.GatysGapCallback", "+callbacks.gap.every_n_steps=1",
+                      "+callbacks.gap._target_=fststyle.training.callbacks.GatysGapCallback", "+callbacks.gap.every_n_steps=1",
                       "+callbacks.gap.image_size=32", "+callbacks.gap.settings.steps=1", "+callbacks.gap.progress=false")
     with pytest.raises(UserError, match="GatysGapCallback compares one style; this run trains 3") as error:
         train(cfg)

@@ -11,17 +11,13 @@ import torch
 from fststyle.cli import jobs
 from fststyle.color import rgb_to_yiq
 from fststyle.errors import UserError
-from fststyle.files import OUTPUT_MARKER
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
+from fststyle.io.files import OUTPUT_MARKER
 from fststyle.losses import ContentLoss, GramStyleLoss, PerceptualLoss, TotalVariationLoss
-from fststyle.optimize import (
-    ImagePyramid,
-    OptimizeSettings,
-    build_loss,
-    optimize_image,
-    settings_from_config,
-)
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
+from fststyle.optimize.engine import optimize_image
+from fststyle.optimize.pyramid import ImagePyramid
+from fststyle.optimize.settings import OptimizeSettings, build_loss, settings_from_config
 
 GATYS_STYLE = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0}
 
@@ -262,7 +258,7 @@ def test_image_pyramid_sizes_style_sizes_and_skipped_mrf_levels(random_mrf):
 
 def test_optimize_files_is_the_whole_job_from_python(random_vgg_loss, bundled_data, tmp_path):
     """No CLI and no Hydra: the library call checks the inputs, runs, and writes the image and its report."""
-    from fststyle.optimize import optimize_files
+    from fststyle.optimize.job import optimize_files
 
     photo = sorted((bundled_data / "preview").glob("*.jpg"))[0]
     style = tmp_path / "starry_night.jpg"
@@ -288,8 +284,8 @@ def test_optimize_files_is_the_whole_job_from_python(random_vgg_loss, bundled_da
 
 def test_optimize_library_errors_need_no_hydra(repo, tmp_path):
     """A user error of the library call is raised (and importable) without Hydra, OmegaConf or Lightning."""
-    script = ("import sys\nfrom fststyle.errors import UserError\nfrom fststyle.optimize import optimize_files\n"
-              "from fststyle.compare import compare_paths\n"
+    script = ("import sys\nfrom fststyle.errors import UserError\nfrom fststyle.optimize.job import optimize_files\n"
+              "from fststyle.compare.job import compare_paths\n"
               "try:\n    optimize_files('photo.jpg', None, 'o.png', {})\nexcept UserError as error:\n    print(error)\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'lightning'}))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,

@@ -1,4 +1,4 @@
-"""The stylize pipeline (fststyle.plan, fststyle.runner, fststyle.kinds): each input checked once, the container
+"""The stylize pipeline (fststyle.stylize.plan, fststyle.stylize.runner, fststyle.stylize.kinds): each input checked once, the container
 of a video opened once to check and once to run, nothing in a folder dropped silently, shares by rank that do
 not depend on what is already written, and a run stopped by Ctrl-C or SIGTERM that says how to resume."""
 
@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-import fststyle.plan
-import fststyle.video
+import fststyle.io.video
+import fststyle.stylize.plan
 from fststyle.errors import RunInterrupted
-from fststyle.files import OUTPUT_MARKER
-from fststyle.plan import check_sources, input_kinds, make_plan
-from fststyle.runner import stylize_paths
-from fststyle.stylize import Stylizer
-from fststyle.transformer import TransformerNet
+from fststyle.io.files import OUTPUT_MARKER
+from fststyle.nets.transformer import TransformerNet
+from fststyle.stylize.plan import check_sources, input_kinds, make_plan
+from fststyle.stylize.runner import stylize_paths
+from fststyle.stylize.stylizer import Stylizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ SIGTERM_RUN = """
 import logging, os, signal, sys
 import torch
 from fststyle.cli import run_job
-from fststyle.runner import stylize_paths
+from fststyle.stylize.runner import stylize_paths
 
 class Terminated:
     style_name = "standin"
@@ -183,11 +183,11 @@ def test_a_video_run_opens_its_container_twice_and_runs_each_check_once(tmp_path
     monkeypatch.setattr(av, "open", lambda path, *args, **kwargs: opened.append(path) or open_container(path, *args,
                                                                                                          **kwargs))
     for name in ("check_video_codec", "check_video_input", "check_video_output", "check_video_suffix"):
-        counting(monkeypatch, counts, fststyle.video, name)
+        counting(monkeypatch, counts, fststyle.io.video, name)
     for name in ("check_writable", "refuse_overwriting_inputs"):
-        counting(monkeypatch, counts, fststyle.plan, name)
+        counting(monkeypatch, counts, fststyle.stylize.plan, name)
     for name in ("check_video_quality", "check_temporal_mode", "check_jpeg_quality"):
-        counting(monkeypatch, counts, fststyle.plan, name)
+        counting(monkeypatch, counts, fststyle.stylize.plan, name)
     report = stylize_paths([source], tmp_path / "out.mp4", tiny_stylizer(), temporal="none")
     assert report.written == [tmp_path / "out.mp4"]
     assert opened.count(str(source)) == 2

@@ -1,4 +1,4 @@
-"""Numbered image sequences (fststyle.kinds.SequenceKind): ``frames/%05d.png`` in and out, every frame in number
+"""Numbered image sequences (fststyle.stylize.kinds.SequenceKind): ``frames/%05d.png`` in and out, every frame in number
 order with its own number, through the library and the command line."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from fststyle.errors import InputNotFoundError, UserError
-from fststyle.files import OverwriteError
-from fststyle.runner import stylize_paths
-from fststyle.stylize import Stylizer
-from fststyle.transformer import TransformerNet
+from fststyle.io.files import OverwriteError
+from fststyle.nets.transformer import TransformerNet
+from fststyle.stylize.runner import stylize_paths
+from fststyle.stylize.stylizer import Stylizer
 
 REPO = Path(__file__).resolve().parents[1]
 NUMBERS = [1, 2, 3, 7, 12]

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from fststyle.bundled import bundled_path
-from fststyle.sharding import process_rank, share
+from fststyle.stylize.sharding import process_rank, share
 
 
 def test_shares_are_disjoint_and_cover_every_item() -> None:

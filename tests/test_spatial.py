@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fststyle.images import load_image
+from fststyle.io.decode import load_image
 from fststyle.losses import (
     ContentLoss,
     GramStyleLoss,
@@ -13,8 +13,9 @@ from fststyle.losses import (
     masked_gram_matrix,
     resize_mask,
 )
-from fststyle.optimize import OptimizeSettings, optimize_image
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
+from fststyle.optimize.engine import optimize_image
+from fststyle.optimize.settings import OptimizeSettings
 
 LAYERS = {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0}
 

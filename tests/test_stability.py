@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fststyle.losses import PerceptualLoss
-from fststyle.training import build_module
+from fststyle.training.run import build_module
 
 
 def test_weight_zero_is_the_plain_perceptual_loss(tiny_config, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 from fststyle.bundled import shipped_models
 from fststyle.model_header import read_model_header, style_names
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import ModelFileError, StyleModel
-from fststyle.transformer import TransformerNet
 
 
 def read_header(path: Path) -> dict:

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fststyle.color import rgb_to_yiq
-from fststyle.files import OverwriteError
-from fststyle.images import ImageReadError, load_image, open_image
-from fststyle.runner import stylize_paths
+from fststyle.io.decode import ImageReadError, load_image, open_image
+from fststyle.io.files import OverwriteError
+from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import ModelFileError, StyleModel
-from fststyle.stylize import Stylizer, blend_ramp, tile_starts
-from fststyle.transformer import TransformerNet
+from fststyle.stylize.runner import stylize_paths
+from fststyle.stylize.stylizer import Stylizer, blend_ramp, tile_starts
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "preview" / "000000000030.jpg"
 

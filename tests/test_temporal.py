@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fststyle.errors import UserError
-from fststyle.images import load_image
-from fststyle.stylize import Stylizer
-from fststyle.temporal import TEMPORAL_MODES, FlowSmoother, temporal_smoother
+from fststyle.io.decode import load_image
+from fststyle.stylize.stylizer import Stylizer
+from fststyle.stylize.temporal import TEMPORAL_MODES, FlowSmoother, temporal_smoother
 
 WIDTH, HEIGHT, FRAMES = 64, 48, 8
 

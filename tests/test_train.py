@@ -19,7 +19,7 @@ import torch
 from fststyle.bundled import bundled_path
 from fststyle.cli import run_job
 from fststyle.style_model import StyleModel
-from fststyle.training import train
+from fststyle.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]  # train.py's folder: the subprocesses run there
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "FSTSTYLE_OFFLINE": "1"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fststyle.errors import UserError
-from fststyle.finetune import FinetuneSettings
-from fststyle.train_settings import OptimizerSettings, StyleSettings, TrainingSettings
+from fststyle.training.finetune import FinetuneSettings
+from fststyle.training.settings import OptimizerSettings, StyleSettings, TrainingSettings
 
 
 @pytest.mark.parametrize(("settings", "message"), [

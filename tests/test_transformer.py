@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from fststyle.bundled import bundled_path, shipped_models
-from fststyle.images import load_image
-from fststyle.style_model import StyleModel
-from fststyle.transformer import (
+from fststyle.io.decode import load_image
+from fststyle.nets.transformer import (
     SATURATION_MARGIN,
     DemodulatedConv2d,
     OutputConv,
@@ -15,6 +14,7 @@ from fststyle.transformer import (
     TransformerNet,
     saturated_share,
 )
+from fststyle.style_model import StyleModel
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (7, 13), (64, 48), (33, 97)])

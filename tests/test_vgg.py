@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fststyle.vgg import VGGFeatures, WeightsUnavailableError, layer_names
+from fststyle.nets.vgg import VGGFeatures, WeightsUnavailableError, layer_names
 
 
 def test_layer_names_follow_the_papers():

@@ -1,4 +1,4 @@
-"""Video in, video out (fststyle.video): every frame with its timestamp, the size, the rotation and the audio
+"""Video in, video out (fststyle.io.video): every frame with its timestamp, the size, the rotation and the audio
 kept; bad files named in one line; no partial output under a final name; folders with videos."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from PIL import Image
 
 from fststyle.bundled import bundled_path
 from fststyle.errors import UserError
-from fststyle.stylize import Stylizer
-from fststyle.transformer import TransformerNet
-from fststyle.video import VideoReadError, stylize_video
+from fststyle.io.video import VideoReadError, stylize_video
+from fststyle.nets.transformer import TransformerNet
+from fststyle.stylize.stylizer import Stylizer
 
 av = pytest.importorskip("av")
 

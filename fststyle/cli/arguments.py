@@ -6,8 +6,7 @@ for Hydra before it parses them, so ``input=été (1).jpg`` just works. A list o
 quote its items yourself, ``style="['c(1).jpg','é.jpg']"``.
 
 Hydra answers an unknown key (``modle=x``) by suggesting ``+modle=x``, which would silently do nothing
-here; we compose the config once with the user's overrides and turn any composition error into one line
-that names the setting and the fix (exit 2).
+here; a composition error becomes one line that names the setting and the fix (exit 2).
 """
 
 from __future__ import annotations
@@ -152,29 +151,32 @@ def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]) -> None:
     """Compose ``config_name`` with ``overrides`` as Hydra will; raise UserError (one line) if it fails."""
-    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-
-    def composed(chosen: Sequence[str]) -> DictConfig:
-        return compose(config_name, chosen, folder=config_dir)
+    from hydra.errors import HydraException
 
     try:
-        composed(overrides)
-        return
-    except HydraException as error:
-        failure = error
+        compose(config_name, overrides, folder=config_dir)
+    except HydraException as failure:
+        raise composition_error(failure, config_dir, config_name, overrides) from None
+
+
+def composition_error(failure: Exception, config_dir: Path, config_name: str, overrides: Sequence[str]) -> UserError:
+    """The one-line UserError for Hydra's ``failure`` to compose ``config_name`` with ``overrides``: the
+    override it names, and the fix (the group's choices, the quoting, or the nearest known key)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
     culprit = _culprit(failure, overrides)
     if isinstance(failure, MissingConfigException):
         group = culprit.partition("=")[0].lstrip("+~").split("@")[0]
         options = _group_choices(config_dir, group)
-        raise UserError(f"unknown choice {culprit!r}: {group} is one of {', '.join(options) or 'none'}")
+        return UserError(f"unknown choice {culprit!r}: {group} is one of {', '.join(options) or 'none'}")
     if isinstance(failure, OverrideParseException):
         key, _, value = culprit.partition("=")
-        raise UserError(f"cannot read {culprit!r} ({str(failure).splitlines()[0]}); quote a value with special "
-                        f"characters: \"{key}={hydra_quoted(value)}\"")
+        return UserError(f"cannot read {culprit!r} ({str(failure).splitlines()[0]}); quote a value with special "
+                         f"characters: \"{key}={hydra_quoted(value)}\"")
     if "Could not override" in str(failure) or "Could not delete" in str(failure):  # ~key: replace_whole_mappings
-        base = composed([o for o in overrides if _is_group_choice(config_dir, o)])
-        raise UserError(_unknown_key_message(culprit.split("=", 1)[0].lstrip("~"), culprit, base))
-    raise UserError(f"{culprit}: " + " ".join(str(failure).split()))
+        base = compose(config_name, [o for o in overrides if _is_group_choice(config_dir, o)], folder=config_dir)
+        return UserError(_unknown_key_message(culprit.split("=", 1)[0].lstrip("~"), culprit, base))
+    return UserError(f"{culprit}: " + " ".join(str(failure).split()))
 
 
 def _is_group_choice(config_dir: Path, override: str) -> bool:
@@ -193,6 +195,11 @@ def _culprit(error: BaseException, overrides: Sequence[str]) -> str:
     return overrides[-1] if overrides else ""
 
 
+def prepared_overrides(arguments: Sequence[str]) -> list[str]:
+    """Command-line ``arguments`` as Hydra should read them: path values quoted, whole mappings replaced."""
+    return replace_whole_mappings(quote_path_values(arguments))
+
+
 def prepare_command_line(argv: Sequence[str], config_dir: Path, default_config: str) -> list[str]:
     """``sys.argv`` with path values quoted for Hydra, after checking that every override applies.
 
@@ -201,7 +208,7 @@ def prepare_command_line(argv: Sequence[str], config_dir: Path, default_config: 
     program, arguments = argv[0], list(argv[1:])
     if any(argument.split("=", 1)[0] in _HANDS_OFF_FLAGS for argument in arguments):
         return [program, *arguments]
-    arguments = replace_whole_mappings(quote_path_values(arguments))
+    arguments = prepared_overrides(arguments)
     overrides = _overrides(arguments)
     if overrides:
         check_overrides(config_dir, _config_name(arguments, default_config), overrides)

@@ -25,9 +25,9 @@ def _paths(value: Any) -> list[Path]:
 
 def stylize(cfg: DictConfig) -> int:
     """``fststyle stylize``: every photo, video and folder in ``input`` with ``model``, into ``output``."""
-    from fststyle.images import DEFAULT_MAX_PIXELS
-    from fststyle.runner import stylize_paths
-    from fststyle.stylize import Stylizer
+    from fststyle.io.decode import DEFAULT_MAX_PIXELS
+    from fststyle.stylize.runner import stylize_paths
+    from fststyle.stylize.stylizer import Stylizer
 
     if cfg.model is None:
         raise UserError("no style model given: add --model starry_night (fststyle models lists the shipped ones) "
@@ -53,7 +53,7 @@ def _style_choice(value: Any) -> Any:
 
 def optimize(cfg: DictConfig) -> int:
     """``fststyle optimize``: optimise one image (``input``) towards ``style`` with engine gatys or mrf."""
-    from fststyle.optimize import optimize_files
+    from fststyle.optimize.job import optimize_files
 
     run = optimize_files(_paths(cfg.input) if cfg.get("input") is not None else None,
                          _paths(cfg.style) if cfg.get("style") is not None else None, cfg.get("output"),
@@ -70,7 +70,7 @@ def optimize(cfg: DictConfig) -> int:
 def compare(cfg: DictConfig) -> int:
     """``fststyle compare``: the fast model and the optimisation engines on the same photos, one report.
     The output folder is checked (writable, not an input, no file in it an input) before any model is loaded."""
-    from fststyle.compare import compare_paths
+    from fststyle.compare.job import compare_paths
 
     engines = [cfg.engines] if isinstance(cfg.engines, str) else list(cfg.engines)
     configs = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in engines
@@ -85,7 +85,7 @@ def compare(cfg: DictConfig) -> int:
 
 def export(cfg: DictConfig) -> int:
     """``fststyle export``: a style model (or a training .ckpt) as ONNX, TorchScript or a .safetensors model."""
-    from fststyle.export import export_model
+    from fststyle.stylize.export import export_model
 
     if cfg.model is None:
         raise UserError("nothing to export: fststyle export starry_night (a shipped name, a .safetensors model "
@@ -96,7 +96,7 @@ def export(cfg: DictConfig) -> int:
 
 def train(cfg: DictConfig) -> int:
     """``fststyle train``: one style model, as docs/training.md describes."""
-    from fststyle.training import train as fit
+    from fststyle.training.run import train as fit
 
     fit(cfg)
     return 0

@@ -17,13 +17,17 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fststyle.cli import command_line, run_job, user_errors_exit
-from fststyle.cli.arguments import hydra_quoted
+from fststyle.cli.arguments import composition_error, hydra_quoted, prepared_overrides
 from fststyle.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: ``key=value``, ``+key=value``, ``~key``, ``group@pkg=option``: Hydra's override forms
 _OVERRIDE = re.compile(r"^(\+\+|\+|~)?[A-Za-z_][\w.@/-]*(=|$)")
@@ -166,9 +170,10 @@ def _top_level_help() -> str:
 
 
 def launch(name: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> None:
-    """Compose conf/<name>.yaml with ``overrides`` through Hydra and run the job; exits with its status."""
-    import hydra
+    """Compose conf/<name>.yaml with ``overrides`` through Hydra and run the job; exits with its status.
 
+    A plain run composes the config once and hands it to the job as ``hydra.main`` would (run directory,
+    logging, ``.hydra/``). ``--cfg``, ``--resolve`` and ``--multirun`` go through ``hydra.main`` itself."""
     from fststyle.bundled import config_dir
     from fststyle.cli.config import register_resolvers
     from fststyle.cli.jobs import CONFIG_JOBS
@@ -177,14 +182,57 @@ def launch(name: str, overrides: Sequence[str], flags: Sequence[str] = ()) -> No
     folder = config_dir()
     job = CONFIG_JOBS[name]
     os.environ[COMMAND_ENV] = name
-
-    @hydra.main(version_base="1.3", config_path=str(folder), config_name=name)
-    def run(cfg):
-        run_job(lambda: job(cfg))
-
     program = sys.argv[0]
-    sys.argv = command_line([program, *flags, *overrides], folder, name)
-    run()
+    if flags:
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path=str(folder), config_name=name)
+        def run(cfg):
+            run_job(lambda: job(cfg))
+
+        sys.argv = command_line([program, *flags, *overrides], folder, name)
+        run()
+        return
+    with user_errors_exit():
+        overrides = prepared_overrides(overrides)
+    sys.argv = [program, *overrides]  # what Lightning re-runs for the other DDP ranks (see COMMAND_ENV)
+    run_composed_once(folder, name, overrides, lambda cfg: run_job(lambda: job(cfg)))
+
+
+def run_composed_once(folder: Path, name: str, overrides: Sequence[str], task: Callable[[DictConfig], None]) -> None:
+    """Compose ``folder``/<name>.yaml with ``overrides`` once and run ``task`` on it the way ``hydra.main`` runs
+    its function (Hydra 1.3's ``Hydra.run``), which would compose it twice more (once for ``hydra.mode``).
+
+    A composition error exits 2 with one line that names the override (cli.arguments.composition_error)."""
+    from hydra import version
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job as run_hydra_job
+    from hydra.errors import HydraException
+    from hydra.types import HydraContext, RunMode
+
+    version.setbase("1.3")
+    GlobalHydra.instance().clear()
+    # "main": the job name hydra.main gave every run (its log file is <run dir>/main.log)
+    hydra = Hydra.create_main_hydra2(task_name="main", config_search_path=create_config_search_path(f"file://{folder}"))
+    try:
+        with user_errors_exit():
+            try:
+                cfg = hydra.compose_config(config_name=name, overrides=list(overrides), with_log_configuration=True,
+                                           run_mode=RunMode.RUN)
+            except HydraException as failure:
+                raise composition_error(failure, folder, name, overrides) from None
+        cfg.hydra.mode = RunMode.RUN
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name=name)
+        result = run_hydra_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                               task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+        callbacks.on_run_end(config=cfg, config_name=name, job_return=result)
+        _ = result.return_value  # re-raises what the task raised
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,6 +1,5 @@
 """One loss stack for both engines: pure functions, one class per term, and ``PerceptualLoss`` (VGG + terms)."""
 
-from fststyle.blend import blend_weights
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
 from fststyle.losses.histogram import HistogramLoss, match_histograms, sorted_mixture
 from fststyle.losses.mrf import (
@@ -23,6 +22,7 @@ from fststyle.losses.terms import (
     StyleLoss,
     TotalVariationLoss,
 )
+from fststyle.nets.blend import blend_weights
 
 __all__ = [
     "STYLE_LOSSES",

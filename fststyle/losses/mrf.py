@@ -19,7 +19,7 @@ from torchvision.transforms.functional import InterpolationMode, rotate
 from fststyle.errors import UserError
 from fststyle.losses.functional import feature_mse
 from fststyle.losses.terms import Features, StyleLoss
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
 
 #: CNNMRF's fixed augmentation steps (chuanli11/CNNMRF, transfer_CNNMRF_wrapper.lua: target_step_rotation
 #: = pi/24, target_step_scale = 1.05)

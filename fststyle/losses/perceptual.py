@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from fststyle.blend import blend_weights
 from fststyle.losses.histogram import HistogramLoss
 from fststyle.losses.mrf import MRFStyleLoss
 from fststyle.losses.stability import StabilityLoss
@@ -26,7 +25,8 @@ from fststyle.losses.terms import (
     StyleLoss,
     TotalVariationLoss,
 )
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.blend import blend_weights
+from fststyle.nets.vgg import VGGFeatures
 
 #: the style kinds a loss config chooses with ``style_loss`` (spatial Gram comes with masks, never from a config)
 STYLE_LOSSES: dict[str, type[StyleLoss]] = {"gram": GramStyleLoss, "mrf": MRFStyleLoss}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fststyle.errors import UserError
 from fststyle.losses.functional import feature_mse
 from fststyle.losses.terms import Features, PerturbationTerm, Scored
-from fststyle.transformer import TransformerNet
+from fststyle.nets.transformer import TransformerNet
 
 #: default noise sigma, 5/255: twice the sensor noise of bench/stability.py's still scene (2.5/255)
 DEFAULT_STABILITY_NOISE = 5.0 / 255.0

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fststyle.losses.functional import feature_mse, gram_matrix, total_variation
-from fststyle.vgg import VGGFeatures
+from fststyle.nets.vgg import VGGFeatures
 
 Features = dict[str, torch.Tensor]
 

@@ -1,0 +1,256 @@
+"""The optimisation engine (slow path): optimise the pixels of one image against a ``PerceptualLoss``.
+
+Gatys, Ecker & Bethge 2016 ("Image Style Transfer Using Convolutional Neural Networks") with the Gram loss,
+Li & Wand 2016 (CNNMRF) with the MRF loss; coarse-to-fine pyramid (CNNMRF), several styles with blend weights,
+colour preservation and spatial masks (Gatys et al. 2017). Plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fststyle.color import match_luminance, preserve_colors
+from fststyle.losses import (
+    GramStyleLoss,
+    PerceptualLoss,
+    SpatialGramStyleLoss,
+    StyleLoss,
+    term_names,
+)
+from fststyle.memory import PeakMemory
+from fststyle.optimize.pyramid import ImagePyramid
+from fststyle.optimize.settings import INITS, LBFGS_TOLERANCE, Callback, OptimizationResult, OptimizeSettings
+
+
+def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
+    """1,1,H,W or 1,3,H,W (grey as RGB) in [0,1] -> 1,1,H,W."""
+    if mask.dim() != 4 or mask.shape[0] != 1 or mask.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have shape 1,1,H,W or 1,3,H,W, got {tuple(mask.shape)}")
+    return mask.float().mean(dim=1, keepdim=True)
+
+
+def _working_loss(loss: PerceptualLoss, masked: bool) -> PerceptualLoss:
+    """The loss ``optimize_image`` sets its targets on: a target-free copy of the caller's on the same VGG (the
+    caller's keeps its targets), with a per-region Gram style term when ``masked``."""
+    if not masked:
+        return loss.untargeted_copy()
+    unmasked = [term.name for term in loss.terms.values() if isinstance(term, StyleLoss) and term.name != "style"]
+    if unmasked:
+        raise ValueError(f"content_masks bind regions to styles in the Gram style term only, and this loss also "
+                         f"has the {', '.join(unmasked)} term; set its weight to 0 "
+                         f"(engine.loss.{unmasked[0]}_weight=0)")
+    if isinstance(loss.style, SpatialGramStyleLoss):
+        return loss.untargeted_copy()
+    if not isinstance(loss.style, GramStyleLoss):
+        raise ValueError(f"content_masks need the Gram style loss (engine=gatys); this loss uses "
+                         f"{type(loss.style).__name__}")
+    return loss.untargeted_copy(SpatialGramStyleLoss(loss.style.layer_weights, weight=loss.style.weight))
+
+
+def _initial_image(settings: OptimizeSettings, content: torch.Tensor, styles: Sequence[torch.Tensor],
+                   generator: torch.Generator) -> torch.Tensor:
+    """The start 1,3,H,W of the coarsest level, of ``content``'s size."""
+    size = tuple(content.shape[-2:])
+    if settings.init == "content":
+        return content.clone()
+    if settings.init == "noise":  # white noise, as Gatys et al. 2016 start from
+        return torch.rand(content.shape, generator=generator).to(content.device)
+    if settings.init == "style":
+        return ImagePyramid.resize(styles[0], size)
+    path = Path(settings.init)
+    if not path.is_file():
+        raise FileNotFoundError(f"init={settings.init!r} is neither one of {INITS} nor an existing image file")
+    from fststyle.io.decode import load_image
+
+    return load_image(path, size).to(content.device)
+
+
+def _scalars(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+class _Recorder:
+    """Per-step bookkeeping: history, progress bar, intermediate images, TensorBoard, user callback."""
+
+    def __init__(self, settings: OptimizeSettings, total_steps: int, progress: bool, callback: Callback | None,
+                 colour_source: torch.Tensor | None) -> None:
+        self.settings, self.callback, self.colour_source = settings, callback, colour_source
+        self.history: list[dict[str, float]] = []
+        self.step = 0
+        self.evaluations = 0
+        self.bar = tqdm(total=total_steps, desc="optimise", unit="step", disable=not progress)
+        self.writer = None
+        if settings.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(settings.tensorboard)
+
+    def viewable(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.detach().clamp(0, 1)
+        if self.colour_source is not None:
+            image = preserve_colors(image, ImagePyramid.resize(self.colour_source, tuple(image.shape[-2:])))
+        return image
+
+    def record(self, level: int, image: torch.Tensor, terms: dict[str, float], advance: bool) -> None:
+        """Log the terms of the image reached after ``self.step`` steps (``advance``: one more step was taken)."""
+        if advance:
+            self.step += 1
+            self.bar.update(1)
+        self.history.append({"level": level, "step": self.step, **terms})
+        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in term_names(terms)}, refresh=False)
+        if self.writer is not None:
+            for name, value in terms.items():
+                self.writer.add_scalar(f"optimize/{name}", value, self.step)
+        every = self.settings.save_every
+        if advance and every and self.step % every == 0:
+            from fststyle.io.encode import save_image
+
+            picture = self.viewable(image)
+            save_image(picture, Path(self.settings.save_dir) / f"step_{self.step:05d}.png")
+            if self.writer is not None:
+                self.writer.add_image("optimize/image", picture[0].cpu(), self.step)
+        if self.callback is not None:
+            self.callback(self.step, image.detach(), terms)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _run_lbfgs(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
+               recorder: _Recorder) -> None:
+    """L-BFGS with a strong-Wolfe line search; ``steps`` iterations in one ``step()`` call (no re-evaluations).
+
+    Each iteration's terms are those of its last function evaluation (the point the line search accepted).
+    ``max_eval`` only guards against a runaway line search: the first iteration alone can take several
+    evaluations while it grows the tiny initial step."""
+    optimizer = torch.optim.LBFGS([x], lr=settings.learning_rate, max_iter=steps, max_eval=steps * 4,
+                                  history_size=settings.history_size, line_search_fn="strong_wolfe",
+                                  tolerance_grad=LBFGS_TOLERANCE, tolerance_change=LBFGS_TOLERANCE)
+    pending: list[Any] = []  # [iteration, image, terms] of the latest evaluation, not yet recorded
+
+    def flush() -> None:
+        iteration, image, terms = pending.pop()
+        recorder.record(level, image, terms, advance=iteration > 0)
+
+    def closure() -> torch.Tensor:
+        iteration = optimizer.state[x].get("n_iter", 0)
+        if pending and pending[0][0] != iteration:
+            flush()
+        optimizer.zero_grad(set_to_none=False)
+        terms = loss(x)
+        terms["total"].backward()
+        recorder.evaluations += 1
+        pending[:] = [(iteration, x.detach().clone(), _scalars(terms))]
+        return terms["total"]
+
+    optimizer.step(closure)
+    if pending:
+        flush()
+
+
+def _run_adam(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
+              recorder: _Recorder) -> None:
+    """Adam (Kingma & Ba 2015) with torch's betas; pixels are projected back to [0,1] after every step."""
+    optimizer = torch.optim.Adam([x], lr=settings.learning_rate)
+    for step in range(steps + 1):
+        optimizer.zero_grad(set_to_none=False)
+        terms = loss(x)
+        recorder.evaluations += 1
+        recorder.record(level, x, _scalars(terms), advance=step > 0)
+        if step == steps:
+            break
+        terms["total"].backward()
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+
+
+def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: PerceptualLoss,
+                   settings: OptimizeSettings, *, style_blend: Sequence[float] | None = None,
+                   content_masks: Sequence[torch.Tensor] | None = None,
+                   style_masks: Sequence[torch.Tensor] | None = None, progress: bool = True,
+                   callback: Callback | None = None) -> OptimizationResult:
+    """Optimise an image of ``content`` 1,3,H,W toward ``styles`` (each 1,3,h,w, any size) under ``loss``.
+
+    The result has the content's aspect ratio and longer side ``settings.image_size``. ``content_masks`` (one
+    1,1,H,W mask per style, white = region) bind each content region to one style; ``style_masks`` restrict
+    each style to one of its own regions. ``callback(step, image, terms)`` runs after every step.
+    """
+    styles = list(styles)
+    if content.dim() != 4 or content.shape[:2] != (1, 3):
+        raise ValueError(f"content must have shape 1,3,H,W, got {tuple(content.shape)}")
+    if not styles:
+        raise ValueError("give at least one style image")
+    if style_masks is not None and content_masks is None:
+        raise ValueError("style_masks need content_masks: each content region is bound to a style region")
+    options: dict[str, Any] = {}
+    if content_masks is not None:
+        if style_blend is not None:
+            raise ValueError("style_blend and content_masks exclude each other: with masks, each region gets "
+                             "its own style")
+        if len(content_masks) != len(styles):
+            raise ValueError(f"got {len(styles)} styles but {len(content_masks)} content masks; give one mask per "
+                             "style (white = where that style goes)")
+        options["content_masks"] = [_as_mask(m, f"content_masks[{i}]") for i, m in enumerate(content_masks)]
+        if style_masks is not None:
+            if len(style_masks) != len(styles):
+                raise ValueError(f"got {len(styles)} styles but {len(style_masks)} style masks; give one per style")
+            options["style_masks"] = [_as_mask(m, f"style_masks[{i}]") for i, m in enumerate(style_masks)]
+
+    loss = _working_loss(loss, masked=content_masks is not None)
+    device = loss.vgg.mean.device
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        image, history, final_terms, evaluations = _optimize(content, styles, loss, settings, style_blend, options,
+                                                             progress, callback, device)
+        seconds = time.perf_counter() - started
+    return OptimizationResult(image=image.cpu(), history=history, seconds=seconds, peak_memory_bytes=memory.bytes,
+                              final_terms=final_terms, evaluations=evaluations)
+
+
+def _optimize(content: torch.Tensor, styles: list[torch.Tensor], loss: PerceptualLoss, settings: OptimizeSettings,
+              style_blend: Sequence[float] | None, options: dict[str, Any], progress: bool,
+              callback: Callback | None, device: torch.device) -> tuple[torch.Tensor, list[dict[str, float]],
+                                                                         dict[str, float], int]:
+    """The pyramid loop of ``optimize_image``: (result 1,3,H,W in [0,1], history, final terms, evaluations)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    pyramid = ImagePyramid(content.shape[-2], content.shape[-1], settings, loss,
+                           [tuple(style.shape[-2:]) for style in styles])
+    full_content = pyramid.image(content.float().to(device), pyramid.finest)
+    target_content, target_styles = full_content, [s.float().to(device) for s in styles]
+    if settings.preserve_color:  # luminance-only transfer (Gatys et al. 2017 §5.1)
+        target_styles = [match_luminance(s, full_content) for s in target_styles]
+        target_content = match_luminance(full_content, full_content)
+    recorder = _Recorder(settings, sum(level.steps for level in pyramid.levels), progress, callback,
+                         full_content if settings.preserve_color else None)
+    image = None
+    try:
+        for level in pyramid.levels:
+            level_content = pyramid.image(target_content, level)
+            level_styles = pyramid.styles(target_styles, level)
+            loss.set_content(level_content)
+            loss.set_style(level_styles, style_blend, **options)
+            start = (_initial_image(settings, level_content, level_styles, generator) if image is None
+                     else pyramid.image(image, level))
+            x = start.detach().to(device).contiguous().requires_grad_(True)
+            run_level = _run_lbfgs if settings.optimizer == "lbfgs" else _run_adam
+            run_level(x, loss, level.steps, settings, level.index, recorder)
+            image = x.detach()
+        with torch.no_grad():
+            final_terms = _scalars(loss(image))
+    finally:
+        recorder.close()
+    result = image.clamp(0, 1)
+    if settings.preserve_color:
+        result = preserve_colors(result, full_content)
+    return result, recorder.history, final_terms, recorder.evaluations
+
+
