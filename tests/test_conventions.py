@@ -56,7 +56,7 @@ def test_fststyle_modules_import_one_way(repo: Path) -> None:
 #: fststyle's folders (and top-level modules) in the order of docs/design.md §Architecture: each imports only
 #: its own row and the rows above it
 LAYERS = [{"errors", "devices", "memory", "color", "artefacts"}, {"io"}, {"nets"}, {"losses"},
-          {"model_header", "style_model", "bundled"}, {"stylize"}, {"optimize"}, {"compare"}, {"training"}, {"cli"}]
+          {"model_header", "style_model", "bundled"}, {"stylize"}, {"optimize"}, {"compare"}, {"serve"}, {"training"}, {"cli"}]
 
 
 def test_fststyle_folders_import_only_the_rows_above_them(repo: Path) -> None:

@@ -102,6 +102,17 @@ def train(cfg: DictConfig) -> int:
     return 0
 
 
+def serve(cfg: DictConfig) -> int:
+    """``fststyle serve``: the local web page over ``model`` and the shipped models, until Ctrl-C."""
+    from fststyle.serve.server import serve as serve_page
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    keys = ("host", "port", "allow_remote", "allowed_hosts", "shipped", "device", "tile", "max_upload_mb",
+            "max_pixels", "queue", "max_batch", "jpeg_quality", "slow_image_size", "slow_time_limit")
+    return serve_page(_paths(plain["model"]), engines={"gatys": plain["gatys"], "mrf": plain["mrf"]},
+                      **{key: plain[key] for key in keys})
+
+
 def models() -> int:
     """``fststyle models``: the shipped style models, one line each (name, style(s), size, steps, hardware, and
     the held-out artefact figures recorded at training, fststyle.artefacts); a model of several styles lists
@@ -126,4 +137,5 @@ def models() -> int:
 
 
 #: the jobs that run on a composed config, by command name
-CONFIG_JOBS = {"train": train, "stylize": stylize, "optimize": optimize, "compare": compare, "export": export}
+CONFIG_JOBS = {"train": train, "stylize": stylize, "optimize": optimize, "compare": compare, "export": export,
+               "serve": serve}

@@ -43,7 +43,8 @@ class Command:
     summary: str
     positional: str | None = None      # the setting the positional paths fill (input, model)
     single: bool = False               # exactly one positional path
-    options: tuple[str, ...] = ()      # of: model, style, output
+    options: tuple[str, ...] = ()      # of: model, models (repeatable -m), style, output
+    flags: tuple[str, ...] = ()        # --NAME VALUE settings (serve: host, port); and --allow-remote
 
 
 COMMANDS = {
@@ -55,11 +56,14 @@ COMMANDS = {
                        "input", options=("model", "style", "output")),
     "export": Command("write a style model as ONNX or TorchScript (or a training .ckpt as a style model)",
                       "model", single=True, options=("output",)),
+    "serve": Command("a local web page: photos, style blends, the webcam, fast against slow (the serve extra)",
+                     options=("models",), flags=("host", "port")),
     "models": Command("list the shipped style models"),
 }
-FLAGS = {"model": "-m", "style": "-s", "output": "-o"}
+FLAGS = {"model": "-m", "models": "-m", "style": "-s", "output": "-o"}
 OPTION_HELP = {
     "model": "a shipped model's name (fststyle models) or a .safetensors style model",
+    "models": "a model to serve besides the shipped ones: a name or a .safetensors file (repeat for several)",
     "style": "a style image (repeat for several)",
     "output": "the output file or folder (never one of the inputs)",
 }
@@ -74,6 +78,8 @@ EXAMPLES = {
     "compare": "fststyle compare photos/ --model starry_night -o compare_out/ engines='[fast,gatys]'",
     "export": "fststyle export starry_night -o starry_night.onnx\n"
               "fststyle export outputs/<date>/<time>/checkpoints/last.ckpt format=safetensors",
+    "serve": "fststyle serve                                  # http://127.0.0.1:8000, the shipped models\n"
+             "fststyle serve -m my_style.safetensors -m multistyle --port 9000",
     "models": "fststyle models",
 }
 
@@ -88,6 +94,12 @@ def _parser(name: str, command: Command) -> argparse.ArgumentParser:
     parser.add_argument("arguments", nargs="*", help=argparse.SUPPRESS)
     if "model" in command.options:
         parser.add_argument(FLAGS["model"], "--model", help=OPTION_HELP["model"])
+    if "models" in command.options:
+        parser.add_argument(FLAGS["models"], "--model", dest="models", action="append", help=OPTION_HELP["models"])
+    for flag in command.flags:
+        parser.add_argument(f"--{flag}", help=f"the {flag} setting ({flag}=...)")
+    if command.flags:
+        parser.add_argument("--allow-remote", action="store_true", help="allow a host other machines can reach")
     if "style" in command.options:
         parser.add_argument(FLAGS["style"], "--style", action="append", help=OPTION_HELP["style"])
     if "output" in command.options:
@@ -138,9 +150,19 @@ def job_overrides(name: str, command: Command, options: argparse.Namespace) -> l
     for option in command.options:
         value = getattr(options, option)
         if value is not None:
-            if option in given:
-                raise UserError(f"{option} given twice: as --{option} and as {option}=; keep one")
-            overrides.append(_path_override(option, value if isinstance(value, list) else [value]))
+            setting = "model" if option == "models" else option
+            if setting in given:
+                raise UserError(f"{setting} given twice: as --{option} and as {setting}=; keep one")
+            overrides.append(f"{setting}=[{','.join(hydra_quoted(v) for v in value)}]" if option == "models"
+                             else _path_override(setting, value if isinstance(value, list) else [value]))
+    for flag in command.flags:
+        value = getattr(options, flag)
+        if value is not None:
+            if flag in given:
+                raise UserError(f"{flag} given twice: as --{flag} and as {flag}=; keep one")
+            overrides.append(f"{flag}={hydra_quoted(value) if flag == 'host' else value}")
+    if getattr(options, "allow_remote", False):
+        overrides.append("allow_remote=true")
     return overrides + settings
 
 

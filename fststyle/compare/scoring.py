@@ -25,7 +25,7 @@ from fststyle.losses import PerceptualLoss
 from fststyle.memory import PeakMemory
 from fststyle.nets.vgg import WEIGHT_SOURCES, WeightsUnavailableError
 from fststyle.optimize.engine import optimize_image
-from fststyle.optimize.settings import build_loss, settings_from_config
+from fststyle.optimize.settings import Callback, build_loss, settings_from_config
 from fststyle.style_model import StyleModel
 from fststyle.stylize.stylizer import Stylizer
 
@@ -151,8 +151,10 @@ class EngineRunner:
             self.settings["fast"] = {"model": str(model.path), "dtype": str(self.stylizer.dtype)}
         self._warm = False
 
-    def run(self, name: str, content: torch.Tensor) -> tuple[torch.Tensor, float, int | None]:
-        """The stylised image 1,3,H,W of engine ``name``, its wall seconds and peak memory bytes."""
+    def run(self, name: str, content: torch.Tensor,
+            callback: Callback | None = None) -> tuple[torch.Tensor, float, int | None]:
+        """The stylised image 1,3,H,W of engine ``name``, its wall seconds and peak memory bytes; a slow engine
+        calls ``callback(step, image, terms)`` after every step (optimize_image)."""
         content = content.to(self.device)
         if name == "fast":
             with torch.inference_mode():
@@ -163,7 +165,7 @@ class EngineRunner:
         settings, loss = self.slow[name]
         # optimize_image measures its own time and peak memory; an outer PeakMemory would reset and miss its peak
         result = optimize_image(content, self.styles, loss, settings, style_blend=self.blend,
-                                         progress=self.progress)
+                                progress=self.progress, callback=callback)
         return result.image, result.seconds, result.peak_memory_bytes
 
 

@@ -46,6 +46,10 @@ class ImageReadError(UserError):
     """A file could not be decoded as an image, or is larger than allowed; the message says how to fix it."""
 
 
+class ImageTooLarge(ImageReadError):
+    """An image with more pixels than the caller allows (``max_pixels``); its header was read, its pixels never."""
+
+
 class Photo(NamedTuple):
     """A decoded image: "RGB" pixels in sRGB, its "L" alpha (None if opaque), its EXIF without orientation."""
 
@@ -156,7 +160,7 @@ def read_photo(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_M
                 img = Image.open(handle)
             pixels = img.width * img.height
             if pixels > max_pixels:
-                raise ImageReadError(
+                raise ImageTooLarge(
                     f"{name}: image is {img.width}x{img.height} = {pixels:,} pixels, more than the limit of "
                     f"{max_pixels:,}. If you trust this file, raise the limit: max_pixels={pixels}."
                 )
@@ -224,7 +228,7 @@ def _torchvision_decoder(data: bytes, path: str,
         return None
     width, height = header.size
     if width * height > max_pixels:
-        raise ImageReadError(
+        raise ImageTooLarge(
             f"{path}: image is {width}x{height} = {width * height:,} pixels, more than the limit of "
             f"{max_pixels:,}. If you trust this file, raise the limit: max_pixels={width * height}."
         )

@@ -77,6 +77,13 @@ def blend_ramp(length: int, ramp: int, rise: bool, fall: bool) -> torch.Tensor:
     return weights
 
 
+def check_strength(strength: float) -> float:
+    """``strength`` if it is in [0, 1] (0 = the photo, 1 = fully stylised), else a UserError."""
+    if not 0.0 <= strength <= 1.0:
+        raise UserError(f"strength must be in [0, 1], got {strength}; e.g. strength=0.7")
+    return strength
+
+
 @dataclass
 class Stylizer:
     """A loaded style network with its run settings: maps PIL images or N,3,H,W [0,1] tensors to stylised ones."""
@@ -97,8 +104,7 @@ class Stylizer:
     statistics_size: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.strength <= 1.0:
-            raise UserError(f"strength must be in [0, 1], got {self.strength}; e.g. strength=0.7")
+        check_strength(self.strength)
         if self.tile is not None and self.tile < MIN_TILE:
             raise UserError(f"tile={self.tile} is too small: every pixel of it would be within the network's "
                              f"{RECEPTIVE_RADIUS} px receptive radius of a cut; use tile >= {MIN_TILE}")
@@ -148,21 +154,25 @@ class Stylizer:
         return self.stylize(images)
 
     @torch.inference_mode()
-    def stylize(self, images: torch.Tensor) -> torch.Tensor:
-        """N,3,H,W float in [0,1] (any device) -> stylised N,3,H,W float32 on the same device."""
+    def stylize(self, images: torch.Tensor, *, strength: float | None = None,
+                preserve_color: bool | None = None) -> torch.Tensor:
+        """N,3,H,W float in [0,1] (any device) -> stylised N,3,H,W float32 on the same device; ``strength`` and
+        ``preserve_color`` override the stylizer's own for this call (a server's per-request settings)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape N,3,H,W; got {tuple(images.shape)}")
+        strength = self.strength if strength is None else check_strength(strength)
+        preserve_color = self.preserve_color if preserve_color is None else preserve_color
         original = images.float()
-        if self.strength == 0:
+        if strength == 0:
             return original.clone()
         if self.tile is not None and max(images.shape[-2:]) > self.tile:
             stylised = self._run_tiled(original)
         else:
             stylised = self._run(original).to(original.device)
-        if self.preserve_color:
+        if preserve_color:
             stylised = preserve_colors(stylised, original)
-        if self.strength < 1:
-            stylised = torch.lerp(original, stylised, self.strength)
+        if strength < 1:
+            stylised = torch.lerp(original, stylised, strength)
         return stylised
 
     def _run(self, images: torch.Tensor, shared_statistics: bool = False) -> torch.Tensor:
