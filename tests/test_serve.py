@@ -118,13 +118,18 @@ def test_blends_styles_and_refusals(registry):
 
 
 def test_uploads_past_the_byte_and_pixel_limits_get_413(registry):
+    bomb = io.BytesIO()  # 400 megapixels of one colour: a 48 kB PNG that would take 4.8 GB as float pixels
+    Image.new("1", (20_000, 20_000)).save(bomb, "PNG")
     with client_for(registry, max_upload_mb=1, max_pixels=1000) as client:
         too_many_bytes = client.post("/api/stylize?model=the_scream", content=b"\xff" * (2**20 + 1))
         too_many_pixels = client.post("/api/stylize?model=the_scream", content=photo_bytes(64, 48))
         still_up = client.get("/api/models")
+    with client_for(registry) as client:
+        decompression_bomb = client.post("/api/stylize?model=the_scream", content=bomb.getvalue())
     assert too_many_bytes.status_code == 413 and "limit of 1,048,576" in too_many_bytes.json()["error"]
     assert too_many_pixels.status_code == 413 and "64x48 = 3,072 pixels" in too_many_pixels.json()["error"]
-    assert still_up.status_code == 200
+    assert decompression_bomb.status_code == 413 and "400,000,000 pixels" in decompression_bomb.json()["error"]
+    assert len(bomb.getvalue()) < 2**20 and still_up.status_code == 200
 
 
 class BlockingStylizer:
