@@ -209,8 +209,9 @@ async def run_slow(socket: WebSocket, state: Any, request: dict[str, Any], photo
     total = sum(runner.slow[engine][0].steps_per_level())
 
     def callback(step: int, image: torch.Tensor, terms: dict[str, float]) -> None:
+        """After each step (and once for the starting image, step 0); the time limit counts from step 1."""
         latest.update(step=step, image=image.detach().cpu().clone())
-        if stop["reason"] is None and time.perf_counter() - started > settings.slow_time_limit:
+        if stop["reason"] is None and step > 0 and time.perf_counter() - started > settings.slow_time_limit:
             stop["reason"] = f"time limit ({settings.slow_time_limit:g} s)"
         if stop["reason"] is not None:
             raise Stopped(stop["reason"])
