@@ -86,7 +86,10 @@ EXAMPLES = {
 
 def _parser(name: str, command: Command) -> argparse.ArgumentParser:
     paths = {None: "", "input": "INPUT" if command.single else "INPUT...", "model": "MODEL"}[command.positional]
-    flags = "".join(f" [{FLAGS[option]} {option.upper()}]" for option in command.options)
+    flags = "".join(f" [{FLAGS[option]} {'MODEL' if option == 'models' else option.upper()}]"
+                    for option in command.options)
+    flags += "".join(f" [--{flag} {flag.upper()}]" for flag in command.flags)
+    flags += " [--allow-remote]" if command.flags else ""
     usage = f"fststyle {name} {paths}{flags} [KEY=VALUE ...]".replace("  ", " ")
     parser = argparse.ArgumentParser(prog=f"fststyle {name}", usage=usage, description=command.summary,
                                      add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,7 +98,8 @@ def _parser(name: str, command: Command) -> argparse.ArgumentParser:
     if "model" in command.options:
         parser.add_argument(FLAGS["model"], "--model", help=OPTION_HELP["model"])
     if "models" in command.options:
-        parser.add_argument(FLAGS["models"], "--model", dest="models", action="append", help=OPTION_HELP["models"])
+        parser.add_argument(FLAGS["models"], "--model", dest="models", metavar="MODEL", action="append",
+                            help=OPTION_HELP["models"])
     for flag in command.flags:
         parser.add_argument(f"--{flag}", help=f"the {flag} setting ({flag}=...)")
     if command.flags:
