@@ -1,7 +1,7 @@
 """Benchmark instant stylisation: the one network's fast inference form (what ``Stylizer`` runs:
 ``TransformerNet.fast_inference``) against the same network's plain eager fp32 forward.
 
-    PYTHONPATH=. python bench/infer.py                      # CPU timing table (256^2 .. 1920x1080)
+    PYTHONPATH=. python bench/infer.py                      # CPU timing table (256^2 .. 1920x1080), with the floor
     PYTHONPATH=. python bench/infer.py --sizes 1024x1024 --repeats 5
     PYTHONPATH=. python bench/infer.py --tiling             # tiled vs untiled difference, 1024x768, tile=512
     PYTHONPATH=. python bench/infer.py --compile            # also time torch.compile (and its compile time)
@@ -9,7 +9,9 @@
 
 Weights are random (the default Johnson architecture): timing does not depend on them. Baseline =
 ``TransformerNet.forward`` (fast inference off) in ``torch.no_grad`` on an NCHW fp32 batch of the same size;
-the Stylizer runs in ``--precision`` (its ``precision=`` setting). Both run in
+the Stylizer runs in ``--precision`` (its ``precision=`` setting), with and without the sub-pixel form of its
+upsampling layers. On the CPU a ``floor`` row gives the plain network's convolution FLOPs divided by the rate of a
+128->128 3x3 convolution measured in the same run: what no form of the network can beat. All run in
 this process on the same input, interleaved (one call of each per round); the best and the median of
 ``--repeats`` rounds are printed with the load averages before and after, since other processes may share
 the cores. Nothing is
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 from fststyle.devices import device_name
 from fststyle.io.decode import load_image
-from fststyle.nets.transformer import TransformerNet
+from fststyle.nets.transformer import TransformerNet, UpsampleConv
 from fststyle.style_model import StyleModel
 from fststyle.stylize.stylizer import Stylizer, resolve_precision
 
@@ -76,7 +78,13 @@ def timing_table(sizes: list[str], repeats: int, use_compile: bool, batch: int, 
         with torch.no_grad():
             return plain(images.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
-    variants = {f"plain {precision} NHWC": plain_in_precision, f"stylizer {precision}": stylizer(compile=False).stylize}
+    fast = stylizer(compile=False)
+    without_subpixel = stylizer(compile=False)
+    for module in without_subpixel.network.modules():
+        if isinstance(module, UpsampleConv):
+            module.subpixel = False
+    variants = {f"plain {precision} NHWC": plain_in_precision, f"stylizer {precision}": fast.stylize,
+                "  without subpixel": without_subpixel.stylize}
     if use_compile:
         variants[f"+compile {precision}"] = stylizer(compile=True).stylize
     network = network.to(device)
@@ -103,7 +111,50 @@ def timing_table(sizes: list[str], repeats: int, use_compile: bool, batch: int, 
         for name, (best, median) in results.items():
             print(f"{size:>10} {name:>17} {best * 1e3:9.1f} {median * 1e3:10.1f} {megapixels / best:7.1f} "
                   f"{batch / best:9.1f} {best_base / best:8.2f}")
+        if device.type == "cpu":
+            flops = convolution_flops(copy(), images[:1]) * batch
+            rate = conv_throughput(dtype)
+            floor = flops / rate
+            print(f"{size:>10} {'floor':>17} {floor * 1e3:9.1f} {'':>10} {'':>7} {batch / floor:9.1f} "
+                  f"{best_base / floor:8.2f}   ({flops / 1e9:.0f} GFLOP of the plain network at "
+                  f"{rate / 1e9:.0f} GFLOP/s, a 128->128 3x3 convolution's rate here; the stylizer is "
+                  f"{results[f'stylizer {precision}'][0] / floor:.2f}x the floor)")
     print(f"load average after: {_load_average()}")
+
+
+def convolution_flops(network: TransformerNet, images: torch.Tensor) -> float:
+    """Floating-point operations (2 per multiply-add) of every convolution of the plain forward on ``images``."""
+    total = 0.0
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        weight = module.weight
+        total += 2.0 * output.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+
+    hooks = [module.register_forward_hook(count) for module in network.modules()
+             if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    with torch.no_grad():
+        network(images.float().cpu())
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def conv_throughput(dtype: torch.dtype, side: int = 128, repeats: int = 5) -> float:
+    """FLOP/s of the network's commonest layer, a 128->128 3x3 convolution on channels_last maps of
+    ``side``x``side`` (best of ``repeats``): what the cores give the network's bulk, for its floor."""
+    maps = torch.rand(1, 128, side + 2, side + 2, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        F.conv2d(maps, weight)
+        best = min(_timed_call(lambda: F.conv2d(maps, weight)) for _ in range(repeats))
+    return 2.0 * 128 * 128 * 9 * side * side / best
+
+
+def _timed_call(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def synchronized(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

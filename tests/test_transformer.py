@@ -12,6 +12,7 @@ from fststyle.nets.transformer import (
     OutputConv,
     TransformerConfig,
     TransformerNet,
+    UpsampleConv,
     saturated_share,
 )
 from fststyle.style_model import StyleModel
@@ -163,3 +164,30 @@ def test_fast_inference_form_is_not_used_by_training_gradients():
     out = net(torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last))
     out.mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("styles", [1, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_subpixel_upsampling_gives_the_upsample_and_convolution_output(styles, channels_last):
+    """The fast form's 2x2 four-phase convolution on the small maps equals nearest 2x upsampling, reflection pad
+    and the 3x3 convolution, from the same stored weights: odd sizes, a batch, blended styles, either layout."""
+    torch.manual_seed(0)
+    net = TransformerNet(width=0.5, residual_blocks=2, styles=styles).eval()
+    for norm in net.instance_norms():  # not the initial scale 1 and shift 0, so every channel matters
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+        torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    images = torch.rand(2, 3, 37, 50)
+    weights = torch.tensor([[0.2, 0.5, 0.3]]) if styles > 1 else None
+    with torch.inference_mode():
+        reference = net(images, weights)
+        net.fast_inference()
+        assert [m.subpixel for m in net.modules() if isinstance(m, UpsampleConv)] == [True, True]
+        fast = net(images.contiguous(memory_format=torch.channels_last) if channels_last else images, weights)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def test_subpixel_is_left_to_the_upsamplings_it_fits():
+    transposed = TransformerNet(width=0.25, residual_blocks=1, upsample="transposed").fast_inference()
+    demodulated = TransformerNet(width=0.25, residual_blocks=1, norm="demodulated").fast_inference()
+    for net in (transposed, demodulated):
+        assert not any(m.subpixel for m in net.modules() if isinstance(m, UpsampleConv))

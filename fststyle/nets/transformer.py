@@ -218,13 +218,36 @@ class ResidualBlock(nn.Module):
         return x + self.body(x, style_weights)
 
 
+#: which rows (and columns) of a 3x3 kernel fall on each low-resolution row after a nearest 2x upsample, for the
+#: output's even (phase 0) and odd (phase 1) rows: phase 0 reads rows i-1 (kernel row 0) and i (rows 1 and 2),
+#: phase 1 reads rows i (kernel rows 0 and 1) and i+1 (row 2)
+SUBPIXEL_ROWS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)),
+                 ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+
+
+def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution's weight Cout,Cin,3,3 -> the 2x2 kernels 4*Cout,Cin,2,2 that give its output on a nearest
+    2x upsampled input, one block of Cout per output phase (row parity, column parity) (Aitken et al. 2017,
+    "Checkerboard artifact free sub-pixel convolution", arXiv 1707.02937): 16 multiply-adds per low-resolution
+    pixel and channel pair instead of 36."""
+    rows = torch.tensor(SUBPIXEL_ROWS, dtype=weight.dtype, device=weight.device)
+    kernels = torch.einsum("apk,oikl,bql->aboipq", rows, weight, rows)  # 2,2,Cout,Cin,2,2
+    return kernels.reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
+
+
 class UpsampleConv(nn.Module):
-    """x2 upsampling then conv-norm-ReLU: N,Cin,H,W -> N,Cout,2H,2W."""
+    """x2 upsampling then conv-norm-ReLU: N,Cin,H,W -> N,Cout,2H,2W.
+
+    ``subpixel`` (set by ``TransformerNet.fast_inference``): the nearest upsample and the 3x3 convolution run as
+    one 2x2 convolution with four output phases on the small input, interleaved into the large output; the
+    upsampled tensor is never made. Reflection padding of the upsampled image is replicate padding of the
+    small one, so the output is the same to float rounding, from the same stored weights."""
 
     def __init__(self, cin: int, cout: int, norm: str, mode: str, styles: int = 1) -> None:
         super().__init__()
         self.takes_style_weights = True  # see StyledSequential
         self.mode = mode
+        self.subpixel = False
         if mode == "nearest":
             self.conv = ConvNormAct(cin, cout, 3, norm=norm, styles=styles)
         else:  # the paper's fractionally strided convolution
@@ -235,9 +258,31 @@ class UpsampleConv(nn.Module):
             )
 
     def forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        if self.subpixel and not self.training and not torch.jit.is_scripting():
+            return self._subpixel_forward(x, style_weights)
         if self.mode == "nearest":
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # a float: TorchScript rejects an int
         return self.conv(x, style_weights)
+
+    def can_run_subpixel(self) -> bool:
+        """Nearest upsampling into a plain convolution (not the transposed one, not a demodulated one)."""
+        return self.mode == "nearest" and type(self.conv[1]) is nn.Conv2d
+
+    @torch.jit.unused
+    def _subpixel_forward(self, x: torch.Tensor, style_weights: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
+        conv = self.conv[1]
+        channels, (height, width) = conv.out_channels, x.shape[-2:]
+        phases = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), subpixel_kernels(conv.weight),
+                          conv.bias.repeat(4))  # N,4*Cout,H+1,W+1: phase (a, b) is rows a.., columns b..
+        memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        out = x.new_empty((x.shape[0], channels, 2 * height, 2 * width)).contiguous(memory_format=memory_format)
+        for phase in range(4):
+            a, b = divmod(phase, 2)
+            out[:, :, a::2, b::2] = phases[:, phase * channels:(phase + 1) * channels, a:a + height, b:b + width]
+        for layer in list(self.conv)[2:]:  # the norm and the ReLU
+            out = layer(out, style_weights) if getattr(layer, "takes_style_weights", False) else layer(out)
+        return out
 
 
 class TransformerNet(nn.Module):
@@ -338,6 +383,8 @@ class TransformerNet(nn.Module):
                 module.keep_layout = enabled
             elif isinstance(module, OutputConv):
                 module.four_channels = enabled
+            elif isinstance(module, UpsampleConv):
+                module.subpixel = enabled and module.can_run_subpixel()
         return self
 
     def instance_norms(self) -> list[InstanceNorm2d]:
