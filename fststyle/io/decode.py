@@ -42,6 +42,7 @@ _SUPPORTED = "JPEG, PNG, WebP, TIFF, BMP"
 # and apply our own per-call limit instead.
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
+
 class ImageReadError(UserError):
     """A file could not be decoded as an image, or is larger than allowed; the message says how to fix it."""
 
@@ -134,10 +135,12 @@ def _pillow_bomb_check_disabled() -> Iterator[None]:
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
+
 def open_image(
     path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Image.Image, Image.Image | None]:
-    """Decode `path` (a file, or its bytes) (EXIF-oriented, converted to sRGB) to an "RGB" image and its "L" alpha (None if opaque).
+    """Decode `path` (a file, or its bytes), EXIF-oriented and converted to sRGB, to an "RGB" image and its "L"
+    alpha (None if opaque).
 
     Grey, palette, CMYK, LA/RGBA/PA and 16-bit/float modes are converted; 16-bit values are scaled
     (65535 -> 255), not clipped. An embedded RGB ICC profile (Display P3, Adobe RGB, ...) is converted to
@@ -148,22 +151,28 @@ def open_image(
     return photo.rgb, photo.alpha
 
 
-def read_photo(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+def check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+    """Raise ImageTooLarge (naming ``name`` and the override) for an image of more than ``max_pixels``."""
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{max_pixels:,}. If you trust this file, raise the limit: max_pixels={width * height}."
+        )
+
+
+def read_photo(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> Photo:
     """``open_image`` of a file path or of the file's bytes (an upload), plus its EXIF block without the
-    orientation (already applied to the pixels)."""
-    name = "uploaded image" if isinstance(source, bytes | bytearray) else str(source)
+    orientation (already applied to the pixels). Errors name ``name``: the path, or "uploaded image"."""
+    if name is None:
+        name = "uploaded image" if isinstance(source, bytes | bytearray) else str(source)
     with contextlib.ExitStack() as stack:
         handle = (io.BytesIO(source) if isinstance(source, bytes | bytearray)
                   else stack.enter_context(open(source, "rb")))
         try:
             with _pillow_bomb_check_disabled():
                 img = Image.open(handle)
-            pixels = img.width * img.height
-            if pixels > max_pixels:
-                raise ImageTooLarge(
-                    f"{name}: image is {img.width}x{img.height} = {pixels:,} pixels, more than the limit of "
-                    f"{max_pixels:,}. If you trust this file, raise the limit: max_pixels={pixels}."
-                )
+            check_pixels(name, img.width, img.height, max_pixels)
             img.load()
             icc = img.info.get("icc_profile")
             img = ImageOps.exif_transpose(img)
@@ -187,10 +196,10 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
-    """Read an image (a file, or its bytes) as Tensor[1,3,H,W] in [0,1]; int `size` = longer side, (H, W) = exact, None = as is."""
+    """Read an image (a file, or its bytes) as Tensor[1,3,H,W] in [0,1]; int `size` = longer side, (H, W) =
+    exact, None = as is."""
     rgb, _ = open_image(path, max_pixels=max_pixels)
     return pil_to_tensor(resized_pil(rgb, size)).unsqueeze(0)
-
 
 
 def _decode_jpeg(data: torch.Tensor) -> torch.Tensor:
@@ -226,12 +235,7 @@ def _torchvision_decoder(data: bytes, path: str,
             header = Image.open(io.BytesIO(data))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
-    width, height = header.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"{path}: image is {width}x{height} = {width * height:,} pixels, more than the limit of "
-            f"{max_pixels:,}. If you trust this file, raise the limit: max_pixels={width * height}."
-        )
+    check_pixels(path, *header.size, max_pixels)
     decoder = _TORCHVISION_DECODERS.get(header.format)
     return None if decoder is None else (decoder, header.info.get("icc_profile"))
 
@@ -258,6 +262,6 @@ def read_rgb_uint8(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIX
                 return uint8_to_srgb(decoded, icc_profile)
     except RuntimeError:
         pass  # damaged data: Pillow decodes it or names the problem
-    rgb, _ = open_image(path, max_pixels=max_pixels)
+    rgb = read_photo(data, max_pixels=max_pixels, name=str(path)).rgb  # the bytes already read, not the file again
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 

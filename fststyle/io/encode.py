@@ -29,6 +29,8 @@ _SAVE_FORMATS = {
 _FORMATS_WITH_ALPHA = {"PNG", "WEBP", "TIFF"}
 _FORMATS_WITH_METADATA = {"JPEG", "PNG", "WEBP", "TIFF"}  # Pillow writes ICC profiles and EXIF into these
 DEFAULT_JPEG_QUALITY = 95  # fststyle's fixed value before it became a setting (Pillow's own default is 75)
+
+
 def alpha_to_pil(alpha: Image.Image | torch.Tensor, size: tuple[int, int]) -> Image.Image:
     """Alpha as PIL "L" or Tensor[1,H,W]/[H,W] in [0,1] -> "L" image of `size` (W, H)."""
     if isinstance(alpha, torch.Tensor):
