@@ -21,8 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fststyle.compare.scoring import EngineRunner, choose_style, quantize, scoring_loss, style_images
 from fststyle.errors import UserError
-from fststyle.io.convert import pil_to_tensor, resize_image
-from fststyle.io.decode import read_photo
+from fststyle.io.decode import load_image
 from fststyle.io.encode import encode_image
 from fststyle.serve.batching import QueueFull
 from fststyle.stylize.temporal import new_smoother
@@ -78,13 +77,13 @@ async def webcam_socket(socket: WebSocket) -> None:
     arrives waits and older waiting ones are dropped, so the latency stays one frame's work, never a backlog."""
     state = state_of(socket)
     await socket.accept()
-    newest: list[bytes | None] = [None]
+    newest: bytes | None = None
     arrived = anyio.Event()
     current: dict[str, Any] = {}
     counts = {"dropped": 0, "served": 0}
 
     async def receive() -> None:
-        nonlocal arrived
+        nonlocal arrived, newest
         while True:
             message = await socket.receive()
             if message["type"] == "websocket.disconnect":
@@ -99,9 +98,9 @@ async def webcam_socket(socket: WebSocket) -> None:
                     continue
                 current.update(settings=settings, stylizer=stylizer, smoother=smoother)
             elif message.get("bytes") is not None:
-                if newest[0] is not None:
+                if newest is not None:
                     counts["dropped"] += 1
-                newest[0] = message["bytes"]
+                newest = message["bytes"]
                 arrived.set()
 
     async def serve_frames() -> None:
@@ -109,20 +108,19 @@ async def webcam_socket(socket: WebSocket) -> None:
             await frames_until_closed()
 
     async def frames_until_closed() -> None:
-        nonlocal arrived
+        nonlocal arrived, newest
         while True:
             await arrived.wait()
             arrived = anyio.Event()
-            frame, newest[0] = newest[0], None
+            frame, newest = newest, None
             if frame is None or "stylizer" not in current:
                 continue
             settings, stylizer, smoother = current["settings"], current["stylizer"], current["smoother"]
             try:
-                photo = await anyio.to_thread.run_sync(partial(read_photo, frame, max_pixels=state.settings.max_pixels))
+                image = await anyio.to_thread.run_sync(partial(load_image, frame, max_pixels=state.settings.max_pixels))
             except UserError as error:
                 await send_report(socket, {"type": "dropped", "reason": str(error), **counts})
                 continue
-            image = pil_to_tensor(photo.rgb).unsqueeze(0)
             started = time.perf_counter()
             try:
                 future = state.queue.submit(stylizer, image, strength=settings.strength,
@@ -174,9 +172,8 @@ async def run_slow(socket: WebSocket, state: Any, request: dict[str, Any], photo
     engine = request.get("engine")
     if engine not in settings.engines:
         raise UserError(f"engine={engine!r}: choose one of {', '.join(sorted(settings.engines))}")
-    photo = await anyio.to_thread.run_sync(lambda: read_photo(photo_bytes, max_pixels=settings.max_pixels))
-    content = pil_to_tensor(photo.rgb).unsqueeze(0)
-    content = resize_image(content, settings.slow_image_size)
+    content = await anyio.to_thread.run_sync(partial(load_image, photo_bytes, settings.slow_image_size,
+                                                      max_pixels=settings.max_pixels))
     record = choose_style(state.registry.model(request.get("model", "")), request.get("style") or None)
     device = state.registry.device
 
