@@ -1,6 +1,7 @@
 """fststyle serve in a real browser: headless Chromium from the system's packages, driven by Playwright, with a
-fake camera. It stylises a bundled photo, blends two styles, runs the webcam through two models and a short
-Gatys run, and saves a screenshot (FSTSTYLE_SCREENSHOT=path keeps it, e.g. for docs/serve.png)."""
+fake camera, against a server on 127.0.0.1 (nothing else is reached). It stylises a bundled photo, blends two
+styles, runs the webcam through two models and a short Gatys run, and saves a screenshot
+(FSTSTYLE_SCREENSHOT=path keeps it, e.g. for docs/serve.png)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; .ci/run does)")
 
-#: what the environment tool found Chromium needs to start here: no sandbox as root, no calls home
+#: what Chromium needs to start here (no sandbox as root) and to reach nothing but the test's own server: no calls
+#: home, and every host name but 127.0.0.1 unresolvable, so the test needs no network
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
+                 "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 
