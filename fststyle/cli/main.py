@@ -151,20 +151,19 @@ def job_overrides(name: str, command: Command, options: argparse.Namespace) -> l
         if command.positional in given:
             raise UserError(f"{command.positional} given twice: as a path and as {command.positional}=; keep one")
         overrides.append(_path_override(command.positional, paths))
-    for option in command.options:
+    for option in (*command.options, *command.flags):
         value = getattr(options, option)
-        if value is not None:
-            setting = "model" if option == "models" else option
-            if setting in given:
-                raise UserError(f"{setting} given twice: as --{option} and as {setting}=; keep one")
-            overrides.append(f"{setting}=[{','.join(hydra_quoted(v) for v in value)}]" if option == "models"
-                             else _path_override(setting, value if isinstance(value, list) else [value]))
-    for flag in command.flags:
-        value = getattr(options, flag)
-        if value is not None:
-            if flag in given:
-                raise UserError(f"{flag} given twice: as --{flag} and as {flag}=; keep one")
-            overrides.append(f"{flag}={hydra_quoted(value) if flag == 'host' else value}")
+        if value is None:
+            continue
+        setting = "model" if option == "models" else option
+        if setting in given:
+            raise UserError(f"{setting} given twice: as --{option} and as {setting}=; keep one")
+        if option == "models":  # a list even for one model
+            overrides.append(f"{setting}=[{','.join(hydra_quoted(v) for v in value)}]")
+        elif option in command.flags:
+            overrides.append(f"{setting}={hydra_quoted(value) if option == 'host' else value}")
+        else:
+            overrides.append(_path_override(setting, value if isinstance(value, list) else [value]))
     if getattr(options, "allow_remote", False):
         overrides.append("allow_remote=true")
     return overrides + settings
