@@ -8,7 +8,7 @@ colour preservation and spatial masks (Gatys et al. 2017). Plain PyTorch.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,16 @@ from fststyle.losses import (
     term_names,
 )
 from fststyle.memory import PeakMemory
+from fststyle.optimize.lbfgs import DeviceLBFGS
 from fststyle.optimize.pyramid import ImagePyramid
-from fststyle.optimize.settings import INITS, LBFGS_TOLERANCE, Callback, OptimizationResult, OptimizeSettings
+from fststyle.optimize.settings import (
+    CUDA_GRAPH_WARMUP,
+    INITS,
+    LBFGS_TOLERANCE,
+    Callback,
+    OptimizationResult,
+    OptimizeSettings,
+)
 
 
 def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -76,12 +84,19 @@ def _scalars(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 class _Recorder:
-    """Per-step bookkeeping: history, progress bar, intermediate images, TensorBoard, user callback."""
+    """Per-step bookkeeping: history, progress bar, intermediate images, TensorBoard, user callback.
+
+    The terms of each step stay on the device and are read in one transfer every ``READ_EVERY`` steps, at a
+    level's end, or at once when a callback or an intermediate image needs them: one host sync per batch of
+    steps instead of one per step."""
+
+    READ_EVERY = 25
 
     def __init__(self, settings: OptimizeSettings, total_steps: int, progress: bool, callback: Callback | None,
                  colour_source: torch.Tensor | None) -> None:
         self.settings, self.callback, self.colour_source = settings, callback, colour_source
         self.history: list[dict[str, float]] = []
+        self.unread: list[tuple[int, int, list[str], torch.Tensor]] = []  # level, step, names, terms on device
         self.step = 0
         self.evaluations = 0
         self.bar = tqdm(total=total_steps, desc="optimise", unit="step", disable=not progress)
@@ -97,18 +112,18 @@ class _Recorder:
             image = preserve_colors(image, ImagePyramid.resize(self.colour_source, tuple(image.shape[-2:])))
         return image
 
-    def record(self, level: int, image: torch.Tensor, terms: dict[str, float], advance: bool) -> None:
+    def record(self, level: int, image: torch.Tensor, terms: Mapping[str, torch.Tensor], advance: bool) -> None:
         """Log the terms of the image reached after ``self.step`` steps (``advance``: one more step was taken)."""
         if advance:
             self.step += 1
             self.bar.update(1)
-        self.history.append({"level": level, "step": self.step, **terms})
-        self.bar.set_postfix({k: f"{terms[k]:.4g}" for k in term_names(terms)}, refresh=False)
-        if self.writer is not None:
-            for name, value in terms.items():
-                self.writer.add_scalar(f"optimize/{name}", value, self.step)
+        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+        self.unread.append((level, self.step, list(terms), values))
         every = self.settings.save_every
-        if advance and every and self.step % every == 0:
+        saving = advance and every and self.step % every == 0
+        if self.callback is not None or saving or len(self.unread) >= self.READ_EVERY:
+            self.read()
+        if saving:
             from fststyle.io.encode import save_image
 
             picture = self.viewable(image)
@@ -116,44 +131,110 @@ class _Recorder:
             if self.writer is not None:
                 self.writer.add_image("optimize/image", picture[0].cpu(), self.step)
         if self.callback is not None:
-            self.callback(self.step, image.detach(), terms)
+            self.callback(self.step, image.detach(), dict(self.history[-1]))
+
+    def read(self) -> None:
+        """Bring the unread steps' terms to the host (one transfer) into the history, bar and TensorBoard."""
+        if not self.unread:
+            return
+        rows = torch.stack([values for *_, values in self.unread]).tolist()
+        for (level, step, names, _), row in zip(self.unread, rows, strict=True):
+            terms = dict(zip(names, row, strict=True))
+            self.history.append({"level": level, "step": step, **terms})
+            if self.writer is not None:
+                for name, value in terms.items():
+                    self.writer.add_scalar(f"optimize/{name}", value, step)
+        self.unread.clear()
+        last = self.history[-1]
+        self.bar.set_postfix({k: f"{last[k]:.4g}" for k in term_names(last)}, refresh=False)
 
     def close(self) -> None:
+        self.read()
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
 
 
+def _lbfgs_iterations(x: torch.Tensor, loss: PerceptualLoss, settings: OptimizeSettings,
+                      ) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[], dict[str, torch.Tensor]]]:
+    """(first, next) for ``_run_lbfgs``: ``first()`` evaluates the loss and gradient at the start,
+    ``next()`` takes one L-BFGS step from the last evaluation and evaluates the loss and gradient at the new
+    point; both return the terms. Only ``next`` is the same every time, so only it is captured on CUDA."""
+    optimizer = DeviceLBFGS(x, lr=settings.learning_rate, history_size=settings.history_size,
+                            tolerance_grad=LBFGS_TOLERANCE, tolerance_change=LBFGS_TOLERANCE)
+    x.grad = torch.zeros_like(x)
+    mixed = settings.precision == "bf16-mixed"
+    graphed = x.is_cuda and settings.cuda_graph
+    layout = torch.channels_last if x.is_cuda else torch.contiguous_format  # cuDNN's fast layout
+    loss.vgg.to(memory_format=layout)
+
+    def evaluate() -> dict[str, torch.Tensor]:
+        x.grad.zero_()
+        # autocast's weight cache cannot outlive a CUDA graph capture (torch.cuda.graph's documentation)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed, cache_enabled=not graphed):
+            terms = loss(x.contiguous(memory_format=layout))
+        terms["total"].backward()
+        return terms
+
+    latest: dict[str, torch.Tensor] = {}
+
+    def first() -> dict[str, torch.Tensor]:
+        latest.update(evaluate())
+        return latest
+
+    def next_step() -> dict[str, torch.Tensor]:
+        optimizer.step(latest["total"], full_history=graphed)
+        latest.update(evaluate())
+        return latest
+
+    if not graphed:
+        return first, next_step
+    return first, _graphed(next_step, latest)
+
+
+def _graphed(next_step: Callable[[], dict[str, torch.Tensor]], latest: dict[str, torch.Tensor],
+             ) -> Callable[[], dict[str, torch.Tensor]]:
+    """``next_step`` replayed from one CUDA graph after ``CUDA_GRAPH_WARMUP`` eager calls on a side stream
+    (torch.cuda.graph's documented warm-up); the step reads the previous loss from a tensor the graph owns."""
+    calls = 0
+    graph = torch.cuda.CUDAGraph()
+    captured: dict[str, torch.Tensor] = {}
+
+    def step() -> dict[str, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        if calls <= CUDA_GRAPH_WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                terms = next_step()
+            torch.cuda.current_stream().wait_stream(side)
+            if calls < CUDA_GRAPH_WARMUP:
+                return terms
+            terms = dict(terms)  # the capture below rebinds ``latest``'s entries to tensors it has not filled yet
+            previous = latest["total"].clone()  # the capture below records a step from this loss
+            latest["total"] = previous
+            with torch.cuda.graph(graph):
+                captured.update(next_step())
+                previous.copy_(captured["total"])
+            latest["total"] = previous
+            return terms
+        graph.replay()
+        return captured
+
+    return step
+
+
 def _run_lbfgs(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
                recorder: _Recorder) -> None:
-    """L-BFGS with a strong-Wolfe line search; ``steps`` iterations in one ``step()`` call (no re-evaluations).
-
-    Each iteration's terms are those of its last function evaluation (the point the line search accepted).
-    ``max_eval`` only guards against a runaway line search: the first iteration alone can take several
-    evaluations while it grows the tiny initial step."""
-    optimizer = torch.optim.LBFGS([x], lr=settings.learning_rate, max_iter=steps, max_eval=steps * 4,
-                                  history_size=settings.history_size, line_search_fn="strong_wolfe",
-                                  tolerance_grad=LBFGS_TOLERANCE, tolerance_change=LBFGS_TOLERANCE)
-    pending: list[Any] = []  # [iteration, image, terms] of the latest evaluation, not yet recorded
-
-    def flush() -> None:
-        iteration, image, terms = pending.pop()
-        recorder.record(level, image, terms, advance=iteration > 0)
-
-    def closure() -> torch.Tensor:
-        iteration = optimizer.state[x].get("n_iter", 0)
-        if pending and pending[0][0] != iteration:
-            flush()
-        optimizer.zero_grad(set_to_none=False)
-        terms = loss(x)
-        terms["total"].backward()
+    """``steps`` iterations of neural-style's L-BFGS (fixed step, no line search; ``DeviceLBFGS``), each one
+    loss and gradient evaluation; the terms recorded are those of the point each iteration reached."""
+    first, next_step = _lbfgs_iterations(x, loss, settings)
+    recorder.record(level, x, first(), advance=False)
+    recorder.evaluations += 1
+    for _ in range(steps):
+        recorder.record(level, x, next_step(), advance=True)
         recorder.evaluations += 1
-        pending[:] = [(iteration, x.detach().clone(), _scalars(terms))]
-        return terms["total"]
-
-    optimizer.step(closure)
-    if pending:
-        flush()
 
 
 def _run_adam(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
@@ -164,7 +245,7 @@ def _run_adam(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: Optim
         optimizer.zero_grad(set_to_none=False)
         terms = loss(x)
         recorder.evaluations += 1
-        recorder.record(level, x, _scalars(terms), advance=step > 0)
+        recorder.record(level, x, terms, advance=step > 0)
         if step == steps:
             break
         terms["total"].backward()

@@ -16,9 +16,13 @@ from fststyle.losses import (
 from fststyle.nets.vgg import WeightsUnavailableError
 
 #: Adam's step on [0,1] pixels: neural-style's -learning_rate 1e1 on its 0-255 pixel scale (Johnson 2015,
-#: jcjohnson/neural-style), divided by 256. L-BFGS takes torch's default lr=1: the line search sizes the step.
+#: jcjohnson/neural-style), divided by 256. L-BFGS takes neural-style's fixed step of 1 (its optim.lbfgs config
+#: has learningRate 1 and no line search): the first step is scaled by 1/|g|_1, the curvature sizes the rest.
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 10.0 / 256}
 INITS = ("content", "noise", "style")
+PRECISIONS = ("32-true", "bf16-mixed")  # Lightning's names, as the trainer configs use them
+#: eager L-BFGS iterations on a side stream before the capture of a CUDA graph (torch.cuda.graph's warm-up)
+CUDA_GRAPH_WARMUP = 3
 #: neural-style's LBFGS runs with tolX = tolFun = -1: a fixed iteration count, no early stop on a plateau.
 #: We stop only when the gradient or the step is exactly zero.
 LBFGS_TOLERANCE = 0.0
@@ -48,10 +52,14 @@ class OptimizeSettings:
     save_dir: str | None = None  # where intermediate images go
     preserve_color: bool = False
     tensorboard: str | None = None  # a log dir for torch.utils.tensorboard, or None
+    precision: str = "32-true"  # 32-true | bf16-mixed (VGG's convolutions in bf16; Gram, losses, L-BFGS in fp32)
+    cuda_graph: bool = True  # on CUDA, replay each L-BFGS iteration from one captured graph
 
     def __post_init__(self) -> None:
         if self.optimizer not in DEFAULT_LR:
             raise UserError(f"optimizer must be one of {sorted(DEFAULT_LR)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.steps < 1 or self.image_size < 16 or self.pyramid_levels < 1:
             raise UserError("steps and pyramid_levels must be >= 1 and image_size >= 16 px "
                             f"(got steps={self.steps}, pyramid_levels={self.pyramid_levels}, image_size={self.image_size})")
