@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from fststyle.bundled import config_dir
+from fststyle.errors import UserError
 from fststyle.losses import PerceptualLoss
 from fststyle.nets.transformer import TransformerConfig
 from fststyle.optimize.settings import OptimizeSettings, settings_from_config
@@ -44,7 +45,7 @@ TRAIN_CHOICES = [
 def test_train_options_compose_into_settings_the_code_accepts(compose, overrides: list[str]) -> None:
     cfg = OmegaConf.to_container(compose("train", *overrides, "data.root=.", "run_dir=."), resolve=True)
     assert set(cfg["trainer"]) <= keyword_names(pl.Trainer.__init__), "every trainer key is a Trainer argument"
-    assert set(cfg["networks"]) == {"channels_last", "compile"} <= keyword_names(NetworkSettings)
+    assert set(cfg["networks"]) == {"channels_last", "compile", "compile_mode"} <= keyword_names(NetworkSettings)
     OptimizerSettings.from_config(cfg["optimizer"])
     assert set(cfg["data"]) <= keyword_names(StyleDataModule.__init__)
     TransformerConfig(**cfg["transformer"])
@@ -79,3 +80,8 @@ def test_solver_defaults_live_in_one_place(compose) -> None:
     gatys, mrf = compose("optimize", "engine=gatys").engine, compose("optimize", "engine=mrf").engine
     assert {k: gatys[k] for k in base} == base  # the Gatys engine is the base's settings
     assert (mrf.steps, mrf.image_size, mrf.pyramid_levels) == (100, 384, 3)  # CNNMRF's own
+
+
+def test_an_unknown_compile_mode_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(UserError, match="reduce-overhead"):
+        NetworkSettings(compile=True, compile_mode="fast")

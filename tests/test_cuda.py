@@ -54,8 +54,10 @@ def test_bf16_channels_last_loss_matches_fp32(repo, tiny_config, tmp_path: Path,
             assert abs(terms["bf16"][term] - reference) <= BF16_RELATIVE_TOLERANCE * abs(reference), (term, terms)
 
 
-def test_gpu_run_exports_a_float32_model_that_loads_on_cpu(tiny_config, tmp_path: Path) -> None:
-    result = train(tiny_config(tmp_path, "trainer=gpu", "trainer.max_steps=3"))
+@pytest.mark.parametrize("networks", [[], ["networks.compile=true", "networks.compile_mode=reduce-overhead"]],
+                         ids=["eager", "cuda-graphs"])
+def test_gpu_run_exports_a_float32_model_that_loads_on_cpu(tiny_config, tmp_path: Path, networks) -> None:
+    result = train(tiny_config(tmp_path, "trainer=gpu", "trainer.max_steps=3", *networks))
     model = StyleModel.load(result.model_path)
     assert model.metadata["hardware"].startswith("cuda") and model.metadata["steps"] == 3
     tensors = model.network.state_dict().values()

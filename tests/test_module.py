@@ -120,7 +120,7 @@ def test_a_checkpoint_of_the_module_before_it_took_built_objects_still_loads(tin
         "loss": hparams["loss"], "style": {k: hparams["style"][k] for k in ("name", "paths", "blend", "size")},
         "image_size": 32, "optimizer": {"lr": 1e-3, "schedule": "step", "adaptive_clip": 0.0,
                                         "bound_gradient_floor": 0.05, "min_lr": 0.0, "step_size": 2, "gamma": 0.5},
-        "channels_last": False, "compile": False, "finetune": None}
+        "channels_last": False, "compile": False, "compile_mode": "default", "finetune": None}
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
     restored = StyleTransferModule.load_from_checkpoint(old, map_location="cpu")

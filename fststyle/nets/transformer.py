@@ -92,7 +92,9 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     @torch.jit.unused
     def _scale_and_shift(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``x * scale + shift`` in ``x``'s layout, with this input's, recorded or reused statistics."""
-        out = None if x.requires_grad else torch.empty_like(x)  # out= writes do not support autograd
+        # out= writes support neither autograd nor Inductor, which fuses the reductions, the multiply-add and
+        # the ReLU into one pass in x's layout itself
+        out = None if x.requires_grad or torch.compiler.is_compiling() else torch.empty_like(x)
         if self.statistics_mode == "reuse":
             if self.statistics is None:
                 raise RuntimeError("reusing instance-norm statistics that were never recorded")

@@ -55,6 +55,18 @@ def resolve_precision(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def compile_for_inference(network: TransformerNet, device: torch.device) -> TransformerNet:
+    """``torch.compile`` of the fast inference form: N,3,H,W -> N,3,H,W, one graph per input shape.
+
+    Static shapes, since Inductor's dynamic-shape graphs keep no channels_last (0.61x eager on an H100:
+    docs/stylize.md); the layout-keeping norms and their ReLU fuse into one pass in NHWC, and Inductor is told
+    to keep NHWC for every convolution (it turns that off for shrinking ones: ``decide_layout_opt``).
+    ``freezing`` folds the weights into constants (oneDNN packs them once on the CPU); on CUDA, repeated
+    shapes (a video, a folder of equal photos) replay a CUDA graph."""
+    options = {"freezing": True, "force_layout_optimization": True, "triton.cudagraphs": device.type == "cuda"}
+    return torch.compile(network, dynamic=False, options=options)
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length``, overlapping by at least ``overlap``."""
     if length <= tile:
@@ -113,8 +125,8 @@ class Stylizer:
         self.network = self.network.to(self.device, self.dtype).eval()
         #: NHWC batches: for the compiled network and the CPU's fast form; CUDA's eager forward runs NCHW
         self._channels_last = self.compile or self.device.type == "cpu"
-        if self.compile:  # inductor fuses the plain network itself (it fails on the fast form's out= writes)
-            self._forward = torch.compile(self.network.to(memory_format=torch.channels_last))
+        if self.compile:
+            self._forward = compile_for_inference(self.network.fast_inference(), self.device)
         elif self.device.type == "cpu":
             self._forward = self.network.fast_inference()
         else:  # the CPU's fast form ran 1.6x slower on an H100 than the plain NCHW forward (docs/stylize.md)
@@ -180,7 +192,12 @@ class Stylizer:
         ``shared_statistics``: run the uncompiled network, whose instance norms record or reuse statistics."""
         memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
         batch = images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=memory_format)
-        return (self.network if shared_statistics else self._forward)(batch).float()
+        if shared_statistics:
+            return self.network(batch).float()
+        if self.compile and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the graph's last output may be overwritten from here
+            return self._forward(batch).float().clone()
+        return self._forward(batch).float()
 
     def _run_tiled(self, images: torch.Tensor) -> torch.Tensor:
         """Overlapping tiles blended with raised-cosine ramps: N,3,H,W -> N,3,H,W on the input's device.

@@ -87,8 +87,8 @@ class StyleTransferModule(pl.LightningModule):
             self.transformer.to(memory_format=torch.channels_last)
             self.loss.vgg.to(memory_format=torch.channels_last)
         if settings.networks.compile:
-            self.transformer.compile()
-            self.loss.vgg.compile()
+            self.transformer.compile(mode=settings.networks.compile_mode)
+            self.loss.vgg.compile(mode=settings.networks.compile_mode)
         #: images the data loader could not read, on this process, since this run started
         self.skipped_images = 0
         #: set on any process (training/run.py's SIGTERM/SIGINT handler does) to stop every process together after
@@ -203,6 +203,8 @@ class StyleTransferModule(pl.LightningModule):
             # and no batch in this step's statistics.
             return sum(p.sum() for p in self.transformer.parameters()) * 0.0
         images = self.to_memory_format(images)
+        if self.settings.networks.compile and self.settings.networks.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         styles = (self.batch_styles(images.shape[0], self.trainer.fit_loop.total_batch_idx)
                   if len(self.style_terms) else None)  # one style: no trainer needed (tests step by hand)
         terms, outputs = self.training_terms(images, styles)
@@ -279,7 +281,8 @@ class StyleTransferModule(pl.LightningModule):
         """Adam on the transformer only (the VGG is frozen), with an optional per-step schedule."""
         settings = self.settings.optimizer
         trainable = [parameter for parameter in self.transformer.parameters() if parameter.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=settings.lr)
+        # fused: one kernel for the whole update on CUDA instead of several per parameter group
+        optimizer = torch.optim.Adam(trainable, lr=settings.lr, fused=trainable[0].is_cuda)
         if settings.schedule == "none":
             return {"optimizer": optimizer}
         if settings.schedule == "cosine":

@@ -22,6 +22,9 @@ from fststyle.model_header import MAX_STYLE_NAME
 from fststyle.nets.transformer_config import TransformerConfig
 from fststyle.training.finetune import FinetuneSettings
 
+#: torch.compile's modes (its documentation)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 #: Adam with lr 1e-3: Johnson et al. 2016, supplementary material §"Style transfer", training details
 DEFAULT_LR = 1e-3
 SCHEDULES = ("none", "cosine", "step")
@@ -89,6 +92,13 @@ class NetworkSettings:
 
     channels_last: bool = False
     compile: bool = False
+    #: torch.compile's mode when ``compile``: reduce-overhead replays the forward and backward of each fixed
+    #: batch shape from CUDA graphs (on a GPU), so a small step is not bound by kernel launches
+    compile_mode: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise UserError(f"networks.compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,7 @@ class TrainingSettings:
         return {"transformer": self.transformer.to_dict(), "loss": self.loss, "style": self.style.to_hparams(),
                 "image_size": self.image_size, "optimizer": dataclasses.asdict(self.optimizer),
                 "channels_last": self.networks.channels_last, "compile": self.networks.compile,
+                "compile_mode": self.networks.compile_mode,
                 "finetune": None if self.finetune is None else self.finetune.to_hparams()}
 
     @classmethod
@@ -224,7 +235,8 @@ class TrainingSettings:
         return cls(TransformerConfig(**hparams["transformer"]), dict(hparams["loss"]),
                    StyleSettings.from_hparams(hparams["style"]), int(hparams["image_size"]),
                    OptimizerSettings.from_config(hparams.get("optimizer")),
-                   NetworkSettings(bool(hparams.get("channels_last", False)), bool(hparams.get("compile", False))),
+                   NetworkSettings(bool(hparams.get("channels_last", False)), bool(hparams.get("compile", False)),
+                                   str(hparams.get("compile_mode", "default"))),
                    FinetuneSettings.from_hparams(hparams.get("finetune")))
 
 
