@@ -56,20 +56,14 @@ def rate(function: Callable[[], int]) -> float:
     return made / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="data/coco_sample/train2017", help="a folder of training photos")
-    parser.add_argument("--size", type=int, default=256, help="crop size (data.image_size)")
-    parser.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader worker counts to time")
-    args = parser.parse_args()
-    paths = list_images(args.root)
+def pipeline_rates(root: str | Path, size: int, workers: list[int]) -> dict[str, float]:
+    """Crops/s of each row of this script's table, over the photos under ``root``."""
+    paths = list_images(root)
     generator = np.random.default_rng(0)
-    print(f"{len(paths)} images under {args.root}, {args.size} px crops, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
 
     def pillow() -> int:
         for path in paths:
-            pillow_crop(path, args.size, generator)
+            pillow_crop(path, size, generator)
         return len(paths)
 
     def through(dataset: ImageFolderImages) -> Callable[[], int]:
@@ -79,10 +73,9 @@ def main() -> None:
             return len(dataset)
         return run
 
-    def loader(workers: int) -> Callable[[], int]:
-        batches = DataLoader(ImageFolderImages(args.root, args.size), batch_size=4, shuffle=True,
-                             num_workers=workers, collate_fn=collate_skipping_bad,
-                             persistent_workers=workers > 0)
+    def loader(count: int) -> Callable[[], int]:
+        batches = DataLoader(ImageFolderImages(root, size), batch_size=4, shuffle=True, num_workers=count,
+                             collate_fn=collate_skipping_bad, persistent_workers=count > 0)
 
         def run() -> int:
             return sum(len(batch[0]) for batch in batches)
@@ -90,9 +83,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as cache:
         rows = {"pillow (plain)": rate(pillow),
-                "dataset": rate(through(ImageFolderImages(args.root, args.size))),
-                "dataset, cache warm": rate(through(ImageFolderImages(args.root, args.size, cache_dir=cache)))}
-        rows |= {f"loader, {workers} workers": rate(loader(workers)) for workers in args.workers}
+                "dataset": rate(through(ImageFolderImages(root, size))),
+                "dataset, cache warm": rate(through(ImageFolderImages(root, size, cache_dir=cache)))}
+        rows |= {f"loader, {count} workers": rate(loader(count)) for count in workers}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="data/coco_sample/train2017", help="a folder of training photos")
+    parser.add_argument("--size", type=int, default=256, help="crop size (data.image_size)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader worker counts to time")
+    args = parser.parse_args()
+    print(f"{len(list_images(args.root))} images under {args.root}, {args.size} px crops, torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+    rows = pipeline_rates(args.root, args.size, args.workers)
     baseline = rows["pillow (plain)"]
     print(f"{'pipeline':>22} {'crops/s':>9} {'x plain':>8} {'steps/s at batch 4':>19}")
     for name, crops in rows.items():

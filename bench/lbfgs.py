@@ -69,6 +69,29 @@ def run_device(loss, start: torch.Tensor, iterations: int, settings: OptimizeSet
     return x.detach(), iterations + 1
 
 
+def gatys_problem(engine: str, size: int, device: str):
+    """(the engine's loss with its targets set, the content 1,3,H,W): the first preview photo, starry_night."""
+    config = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "engine" / f"{engine}.yaml"))
+    loss = build_loss(config).to(device)
+    content = load_image(CONTENT, size).to(device)
+    loss.set_content(content)
+    loss.set_style([load_image(STYLE, size).to(device)])
+    return loss, content
+
+
+def timed_run(run, iterations: int, loss, device: str) -> dict[str, float]:
+    """``run(iterations)`` after a 2-iteration warm-up -> seconds, evaluations and the total loss reached."""
+    run(2)  # warm-up: allocator, oneDNN / cuDNN plans
+    _synchronize(device)
+    started = time.perf_counter()
+    x, evaluations = run(iterations)
+    _synchronize(device)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        reached = float(loss(x)["total"])
+    return {"seconds": seconds, "evaluations": evaluations, "loss": reached}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
@@ -76,11 +99,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--engine", default="gatys", choices=["gatys", "mrf"])
     args = parser.parse_args()
-    engine = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "engine" / f"{args.engine}.yaml"))
-    loss = build_loss(engine).to(args.device)
-    content = load_image(CONTENT, args.size).to(args.device)
-    loss.set_content(content)
-    loss.set_style([load_image(STYLE, args.size).to(args.device)])
+    loss, content = gatys_problem(args.engine, args.size, args.device)
     settings = OptimizeSettings(steps=args.iterations, image_size=args.size)
     runs = {
         "torch LBFGS, no line search (baseline)": lambda n: run_torch(loss, content, n, None),
@@ -90,19 +109,13 @@ def main() -> None:
     print(f"{args.engine}, {tuple(content.shape[-2:])} px, {args.iterations} L-BFGS iterations, device {args.device}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     print(f"{'optimiser':44s} {'seconds':>8s} {'evals':>6s} {'loss':>12s} {'time/base':>10s} {'loss/base':>10s}")
-    baseline: tuple[float, float] | None = None
+    baseline = None
     for name, run in runs.items():
-        run(2)  # warm-up: allocator, oneDNN / cuDNN plans
-        _synchronize(args.device)
-        started = time.perf_counter()
-        x, evaluations = run(args.iterations)
-        _synchronize(args.device)
-        seconds = time.perf_counter() - started
-        with torch.no_grad():
-            reached = float(loss(x)["total"])
-        baseline = baseline or (seconds, reached)
-        print(f"{name:44s} {seconds:8.2f} {evaluations:6d} {reached:12.5g} {seconds / baseline[0]:9.2f}x "
-              f"{reached / baseline[1]:9.4f}x")
+        row = timed_run(run, args.iterations, loss, args.device)
+        baseline = baseline or row
+        print(f"{name:44s} {row['seconds']:8.2f} {row['evaluations']:6d} {row['loss']:12.5g} "
+              f"{row['seconds'] / baseline['seconds']:9.2f}x {row['loss'] / baseline['loss']:9.4f}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -44,10 +44,10 @@ SETTINGS = {
 }
 
 
-def _config(setting: str, device: torch.device) -> dict:
+def _config(setting: str, device: torch.device, overrides: tuple[str, ...] = ()) -> dict:
     trainer = "gpu" if device.type == "cuda" else "cpu"
     cfg = compose("train", [*SETTINGS[setting], f"trainer={trainer}", "run_dir=.",
-                            f"style={REPO / 'data/styles/starry_night.jpg'}"])
+                            f"style={REPO / 'data/styles/starry_night.jpg'}", *overrides])
     return plain_config(cfg)
 
 
@@ -56,14 +56,19 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def project_step(cfg: dict, device: torch.device, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The step ``fststyle train`` runs: module forward + PerceptualLoss, backward, Adam (preset precision/layout)."""
+def project_step(cfg: dict, device: torch.device, compile: bool,
+                 compile_mode: str = "default") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The step ``fststyle train`` runs: module forward + PerceptualLoss, backward, the module's Adam (fused on
+    CUDA), in the preset's precision and layout; ``compile_mode`` reduce-overhead: CUDA graphs."""
     torch.manual_seed(0)  # every variant starts from the same transformer weights
-    module = build_module({**cfg, "networks": {**cfg["networks"], "compile": compile}}).to(device)
-    optimizer = torch.optim.Adam(module.transformer.parameters(), lr=cfg["optimizer"]["lr"])
+    networks = {**cfg["networks"], "compile": compile, "compile_mode": compile_mode}
+    module = build_module({**cfg, "networks": networks}).to(device)
+    optimizer = module.configure_optimizers()["optimizer"]
     bf16 = cfg["trainer"]["precision"] == "bf16-mixed"
 
     def step(images: torch.Tensor) -> torch.Tensor:
+        if compile and compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         images = module.to_memory_format(images)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             total = module.loss(module(images), images)["total"]
@@ -79,7 +84,7 @@ def plain_step(cfg: dict, device: torch.device, frozen: bool) -> Callable[[torch
     """The textbook step: fp32 NCHW, content through the whole VGG with autograd; VGG weights trainable
     unless ``frozen``. Same networks, same weights, same loss values as the project's step."""
     torch.manual_seed(0)
-    module = build_module({**cfg, "networks": {"channels_last": False, "compile": False}}).to(device)
+    module = build_module({**cfg, "networks": {**cfg["networks"], "channels_last": False, "compile": False}}).to(device)
     transformer = TransformerNet(TransformerConfig(**cfg["transformer"])).to(device)
     transformer.load_state_dict(module.transformer.state_dict())
     loss = module.loss
