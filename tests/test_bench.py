@@ -19,8 +19,9 @@ def _dry_run(repo, tmp_path, *options: str) -> dict:
         baseline, *others = section["rows"] if name != "inference" or "--no-compile" in options \
             else section["rows"][1:]
         assert baseline["vs_baseline"] == 1 and others, name
-    gatys = report["sections"]["gatys"]["rows"]
-    assert gatys[1]["loss_vs_baseline"] == pytest.approx(1, rel=1e-3), "fp32 DeviceLBFGS = torch's L-BFGS"
+    if "gatys" in report["sections"]:
+        gatys = report["sections"]["gatys"]["rows"]
+        assert gatys[1]["loss_vs_baseline"] == pytest.approx(1, rel=1e-3), "fp32 DeviceLBFGS = torch's L-BFGS"
     return report
 
 
@@ -29,7 +30,7 @@ def test_the_gpu_bench_dry_run_reports_every_section(repo, tmp_path):
     assert set(report["sections"]) == {"inference", "gatys", "training", "data"}
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 14 minutes on 2 loaded cores: Inductor compiles the training step's forward and backward
 def test_the_gpu_bench_dry_run_compiles_too(repo, tmp_path):
     report = _dry_run(repo, tmp_path, "--sections", "inference", "training")
     assert any("compile" in row["name"] for row in report["sections"]["training"]["rows"])
