@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fststyle.io.decode import load_image  # noqa: E402
-from fststyle.optimize.engine import _lbfgs_iterations  # noqa: E402
+from fststyle.optimize.engine import lbfgs_iterations  # noqa: E402
 from fststyle.optimize.settings import LBFGS_TOLERANCE, OptimizeSettings, build_loss  # noqa: E402
 
 CONTENT = REPO / "data" / "preview" / "000000000030.jpg"
@@ -62,10 +62,11 @@ def run_torch(loss, start: torch.Tensor, iterations: int, line_search: str | Non
 def run_device(loss, start: torch.Tensor, iterations: int, settings: OptimizeSettings) -> tuple[torch.Tensor, int]:
     """``iterations`` of the engine's L-BFGS (its CUDA graph on CUDA) -> (x reached, evaluations)."""
     x = start.clone(memory_format=torch.contiguous_format).requires_grad_(True)
-    first, next_step = _lbfgs_iterations(x, loss, settings)
+    first, next_step, optimizer = lbfgs_iterations(x, loss, settings)
     first()
     for _ in range(iterations):
         next_step()
+    optimizer.settle()
     return x.detach(), iterations + 1
 
 

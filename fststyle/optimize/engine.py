@@ -155,11 +155,14 @@ class _Recorder:
             self.writer.close()
 
 
-def _lbfgs_iterations(x: torch.Tensor, loss: PerceptualLoss, settings: OptimizeSettings,
-                      ) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[], dict[str, torch.Tensor]]]:
-    """(first, next) for ``_run_lbfgs``: ``first()`` evaluates the loss and gradient at the start,
-    ``next()`` takes one L-BFGS step from the last evaluation and evaluates the loss and gradient at the new
-    point; both return the terms. Only ``next`` is the same every time, so only it is captured on CUDA."""
+def lbfgs_iterations(x: torch.Tensor, loss: PerceptualLoss, settings: OptimizeSettings,
+                     ) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[], dict[str, torch.Tensor]],
+                                DeviceLBFGS]:
+    """(first, next, optimizer) of the engine's L-BFGS on the leaf ``x`` 1,3,H,W: ``first()`` evaluates the
+    loss and gradient at the start and moves ``x`` to the first trial point, ``next()`` evaluates the trial
+    and moves to the next one; both return the terms of the last accepted point (tensors on the device, which
+    the next call overwrites). ``optimizer.settle()`` ends a run on that point. Only ``next`` is the same every
+    time, so only it is captured in a CUDA graph."""
     optimizer = DeviceLBFGS(x, lr=settings.learning_rate, history_size=settings.history_size,
                             tolerance_grad=LBFGS_TOLERANCE, tolerance_change=LBFGS_TOLERANCE)
     x.grad = torch.zeros_like(x)
@@ -167,74 +170,64 @@ def _lbfgs_iterations(x: torch.Tensor, loss: PerceptualLoss, settings: OptimizeS
     graphed = x.is_cuda and settings.cuda_graph
     layout = torch.channels_last if x.is_cuda else torch.contiguous_format  # cuDNN's fast layout
     loss.vgg.to(memory_format=layout)
+    accepted_terms: dict[str, torch.Tensor] = {}
 
-    def evaluate() -> dict[str, torch.Tensor]:
+    def evaluate_and_step() -> dict[str, torch.Tensor]:
         x.grad.zero_()
         # autocast's weight cache cannot outlive a CUDA graph capture (torch.cuda.graph's documentation)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed, cache_enabled=not graphed):
             terms = loss(x.contiguous(memory_format=layout))
         terms["total"].backward()
-        return terms
+        optimizer.step(terms["total"], full_history=graphed)
+        with torch.no_grad():
+            for name, value in terms.items():
+                if name in accepted_terms:
+                    accepted_terms[name].copy_(torch.where(optimizer.accepted, value, accepted_terms[name]))
+                else:
+                    accepted_terms[name] = value.detach().float().clone()
+        return accepted_terms
 
-    latest: dict[str, torch.Tensor] = {}
-
-    def first() -> dict[str, torch.Tensor]:
-        latest.update(evaluate())
-        return latest
-
-    def next_step() -> dict[str, torch.Tensor]:
-        optimizer.step(latest["total"], full_history=graphed)
-        latest.update(evaluate())
-        return latest
-
-    if not graphed:
-        return first, next_step
-    return first, _graphed(next_step, latest)
+    return evaluate_and_step, _graphed(evaluate_and_step) if graphed else evaluate_and_step, optimizer
 
 
-def _graphed(next_step: Callable[[], dict[str, torch.Tensor]], latest: dict[str, torch.Tensor],
-             ) -> Callable[[], dict[str, torch.Tensor]]:
-    """``next_step`` replayed from one CUDA graph after ``CUDA_GRAPH_WARMUP`` eager calls on a side stream
-    (torch.cuda.graph's documented warm-up); the step reads the previous loss from a tensor the graph owns."""
+def _graphed(step: Callable[[], dict[str, torch.Tensor]]) -> Callable[[], dict[str, torch.Tensor]]:
+    """``step`` replayed from one CUDA graph after ``CUDA_GRAPH_WARMUP`` eager calls on a side stream
+    (torch.cuda.graph's documented warm-up); it reads and writes only tensors that outlive the graph."""
     calls = 0
     graph = torch.cuda.CUDAGraph()
-    captured: dict[str, torch.Tensor] = {}
+    terms: dict[str, torch.Tensor] = {}  # ``step`` returns this same dict of tensors every time
 
-    def step() -> dict[str, torch.Tensor]:
+    def replay() -> dict[str, torch.Tensor]:
         nonlocal calls
         calls += 1
-        if calls <= CUDA_GRAPH_WARMUP:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                terms = next_step()
-            torch.cuda.current_stream().wait_stream(side)
-            if calls < CUDA_GRAPH_WARMUP:
-                return terms
-            terms = dict(terms)  # the capture below rebinds ``latest``'s entries to tensors it has not filled yet
-            previous = latest["total"].clone()  # the capture below records a step from this loss
-            latest["total"] = previous
-            with torch.cuda.graph(graph):
-                captured.update(next_step())
-                previous.copy_(captured["total"])
-            latest["total"] = previous
+        if calls > CUDA_GRAPH_WARMUP:
+            graph.replay()
             return terms
-        graph.replay()
-        return captured
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            terms.update(step())
+        torch.cuda.current_stream().wait_stream(side)
+        if calls == CUDA_GRAPH_WARMUP:  # recorded, not run: the terms keep this call's values
+            with torch.cuda.graph(graph):
+                step()
+        return terms
 
-    return step
+    return replay
 
 
 def _run_lbfgs(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,
                recorder: _Recorder) -> None:
-    """``steps`` iterations of neural-style's L-BFGS (fixed step, no line search; ``DeviceLBFGS``), each one
-    loss and gradient evaluation; the terms recorded are those of the point each iteration reached."""
-    first, next_step = _lbfgs_iterations(x, loss, settings)
-    recorder.record(level, x, first(), advance=False)
+    """``steps`` iterations of the engine's L-BFGS (``DeviceLBFGS``), each one loss and gradient evaluation;
+    each records the terms of the last accepted point, where the run ends."""
+    first, next_step, optimizer = lbfgs_iterations(x, loss, settings)
+    accepted = optimizer.accepted_point.view_as(x)
+    recorder.record(level, accepted, first(), advance=False)
     recorder.evaluations += 1
     for _ in range(steps):
-        recorder.record(level, x, next_step(), advance=True)
+        recorder.record(level, accepted, next_step(), advance=True)
         recorder.evaluations += 1
+    optimizer.settle()
 
 
 def _run_adam(x: torch.Tensor, loss: PerceptualLoss, steps: int, settings: OptimizeSettings, level: int,

@@ -1,14 +1,18 @@
 """An L-BFGS whose whole state lives on the image's device, so an iteration never waits for the host.
 
-The algorithm is ``torch.optim.LBFGS`` without a line search (``line_search_fn=None``), as neural-style's
-``optim.lbfgs`` runs Gatys et al. 2016 (jcjohnson/neural-style): the two-loop recursion of Nocedal & Wright,
-"Numerical Optimization" (2006), Algorithm 7.4, a first step of ``min(1, 1/|g|_1) * lr`` and ``lr`` after it.
-What differs is where the decisions are made. torch's loop reads ``float(loss)``, its curvature test ``ys > 1e-10``
-and its stop tests on the host, and passes 0-dim tensors as ``alpha`` (each a sync: pytorch/pytorch issue
-"LBFGS syncs with the host"). Here the history is a preallocated ring of ``history_size`` rows, the curvature test
-and the stop tests are ``torch.where`` on the device, and a stopped optimiser keeps its image unchanged instead of
-leaving the loop. So one iteration (zero grad, loss, backward, ``step``) is a fixed sequence of kernels, which
-the engine captures in a CUDA graph.
+The algorithm is ``torch.optim.LBFGS``'s (Nocedal & Wright, "Numerical Optimization", 2006, Algorithm 7.4: the
+two-loop recursion; a first step of ``min(1, 1/|g|_1) * lr`` and ``lr`` after it, as neural-style's fixed-step
+``optim.lbfgs`` runs Gatys et al. 2016), with a line search that fits a fixed sequence of kernels: each trial
+point is evaluated once, and a trial that fails the Armijo test of sufficient decrease is rejected at the next
+call, which goes back to the last accepted point and tries the same direction with a shorter step (the minimum
+of the quadratic through the two losses and the slope, within [0.1, 0.5] of the step: Nocedal & Wright §3.5).
+While every trial is accepted, the iterates are torch's without a line search.
+
+torch's loop decides on the host: it reads ``float(loss)``, its curvature test ``ys > 1e-10`` and its stop tests,
+and passes 0-dim tensors as ``alpha``, each a sync. Here the (s, y) history is a preallocated ring of
+``history_size`` rows, and the Armijo test, the curvature test and the stop tests are ``torch.where`` on the
+device; a stopped optimiser leaves its point unchanged. So one iteration (zero grad, loss, backward, ``step``) is
+a fixed sequence of kernels, which the engine captures in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ import torch
 
 #: torch.optim.LBFGS keeps a (step, gradient change) pair only when their dot product exceeds this
 CURVATURE_THRESHOLD = 1e-10
+#: Armijo's c1: a trial is accepted when its loss is at most the accepted loss + c1 * step * slope (torch's
+#: strong-Wolfe line search uses the same 1e-4; Nocedal & Wright §3.1)
+SUFFICIENT_DECREASE = 1e-4
+#: the shortened step after a rejected trial stays within these fractions of the rejected one (§3.5)
+BACKTRACK_RANGE = (0.1, 0.5)
 
 
 class DeviceLBFGS:
@@ -34,50 +43,71 @@ class DeviceLBFGS:
         self.inverse_curvatures = torch.zeros(history_size, **options)  # rho_i = 1 / y_i.s_i; 0 = empty slot
         self.pairs_kept = torch.zeros((), dtype=torch.long, device=x.device)  # the ring's write position
         self.hessian_scale = torch.ones((), **options)  # gamma = s.y / y.y of the newest pair (H_0 = gamma I)
-        self.previous_gradient = torch.zeros(size, **options)
-        self.previous_loss = torch.zeros((), **options)
+        # the last accepted point, its loss and gradient; the direction and step of the pending trial
+        self.accepted_point = torch.zeros(size, **options)
+        self.accepted_loss = torch.zeros((), **options)
+        self.accepted_gradient = torch.zeros(size, **options)
         self.direction = torch.zeros(size, **options)
         self.step_length = torch.zeros((), **options)
+        self.accepted = torch.ones((), dtype=torch.bool, device=x.device)  # was the last trial accepted
         self.running = torch.ones((), dtype=torch.bool, device=x.device)
         self.ring_offsets = torch.arange(history_size, device=x.device)
         self.iterations = 0
 
     @torch.no_grad()
     def step(self, loss: torch.Tensor, full_history: bool = False) -> None:
-        """One iteration from ``loss`` (0-dim) and ``x.grad`` at the current ``x``; moves ``x`` in place.
+        """Judge the trial at ``x`` by its ``loss`` (0-dim) and ``x.grad``, then move ``x`` to the next trial.
 
         ``full_history`` walks all ``history_size`` slots (empty ones are exact no-ops) instead of the
         ``min(iterations, history_size)`` that can be filled, so every call runs the same kernels (a CUDA graph)."""
-        gradient = self.x.grad.reshape(-1).float()
+        point, gradient = self.x.detach().reshape(-1), self.x.grad.reshape(-1).float()
         loss = loss.detach().float()
-        # torch's stop tests, each a device flag: a zero gradient, or (after the first step) no change in the
-        # loss or in x; a stopped optimiser leaves x and its history as they are
-        running = self.running & (gradient.abs().max() > self.tolerance_grad)
         if self.iterations == 0:
+            accepted = self.running.clone()
             direction = gradient.neg()
             step_length = (1.0 / gradient.abs().sum()).clamp(max=1.0) * self.lr
         else:
-            running &= (loss - self.previous_loss).abs() >= self.tolerance_change
-            running &= (self.direction * self.step_length).abs().max() > self.tolerance_change
-            self._remember(gradient, running)
-            direction = self._two_loop(gradient, self.history_size if full_history else
-                                       min(self.iterations, self.history_size))
-            step_length = torch.full_like(self.step_length, self.lr)
-        running &= gradient.dot(direction) <= -self.tolerance_change  # not a descent direction: stop
+            slope = self.accepted_gradient.dot(self.direction)
+            accepted = self.running & torch.isfinite(loss) & (
+                loss <= self.accepted_loss + SUFFICIENT_DECREASE * self.step_length * slope)
+            self._remember(point, gradient, accepted)
+            new_direction = self._two_loop(gradient, self.history_size if full_history else
+                                           min(self.iterations, self.history_size))
+            direction = torch.where(accepted, new_direction, self.direction)
+            step_length = torch.where(accepted, self.lr, self._shortened_step(loss, slope))
+        self.accepted.copy_(accepted)
+        for kept, value in ((self.accepted_point, point), (self.accepted_loss, loss),
+                            (self.accepted_gradient, gradient)):
+            kept.copy_(torch.where(accepted, value, kept))
+        # torch's stop tests, as device flags: a zero gradient, an ascent direction, a step that moves nothing
+        running = self.running & (self.accepted_gradient.abs().max() > self.tolerance_grad)
+        running &= self.accepted_gradient.dot(direction) <= -self.tolerance_change
+        running &= (direction * step_length).abs().max() > self.tolerance_change
         self.running.copy_(running)
-        self.previous_gradient.copy_(gradient)
-        self.previous_loss.copy_(loss)
         self.direction.copy_(direction)
         self.step_length.copy_(torch.where(running, step_length, 0.0))
-        self.x.view(-1).add_(self.direction * self.step_length)
+        point.copy_(self.accepted_point + self.direction * self.step_length)
         self.iterations += 1
 
-    def _remember(self, gradient: torch.Tensor, running: torch.Tensor) -> None:
-        """Write the last step's (s, y) pair into the ring when it passes the curvature test (on the device)."""
-        step = self.direction * self.step_length
-        change = gradient - self.previous_gradient
+    @torch.no_grad()
+    def settle(self) -> None:
+        """Put ``x`` back on the last accepted point (the end of a run: the pending trial was never judged)."""
+        self.x.detach().reshape(-1).copy_(self.accepted_point)
+
+    def _shortened_step(self, loss: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        """The next step along a rejected direction: the quadratic's minimum, within BACKTRACK_RANGE of it."""
+        step = self.step_length
+        rise = loss - self.accepted_loss - slope * step  # > 0 for a trial that failed the Armijo test
+        minimum = -slope * step * step / (2 * rise)
+        low, high = BACKTRACK_RANGE
+        return torch.where(torch.isfinite(minimum), minimum.clamp(low * step, high * step), low * step)
+
+    def _remember(self, point: torch.Tensor, gradient: torch.Tensor, accepted: torch.Tensor) -> None:
+        """Write the accepted step's (s, y) pair into the ring when it passes the curvature test (on the device)."""
+        step = point - self.accepted_point
+        change = gradient - self.accepted_gradient
         curvature = change.dot(step)
-        keep = running & (curvature > CURVATURE_THRESHOLD)
+        keep = accepted & (curvature > CURVATURE_THRESHOLD)
         slot = (self.pairs_kept % self.history_size).view(1)
         for ring, row in ((self.steps, step), (self.gradient_changes, change)):
             ring.index_copy_(0, slot, torch.where(keep, row, ring.index_select(0, slot).view(-1)).view(1, -1))
