@@ -60,6 +60,7 @@ class MobileForward(nn.Module):
         super().__init__()
         self.network = network
         self.pixel_scale = pixel_scale
+        self.eval()  # inference only, the network included
 
     def forward(self, images: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         if self.pixel_scale == 1.0:
@@ -124,8 +125,8 @@ def _example_inputs(network: TransformerNet, height: int, width: int) -> tuple[t
 
 
 def exported_program(module: nn.Module, network: TransformerNet, max_size: int) -> torch.export.ExportedProgram:
-    """``module`` (MobileForward's inputs and output, around ``network``) through torch.export with a dynamic
-    height and width: multiples of 4 from 8 to ``max_size``."""
+    """``module`` (MobileForward, or a graph of it, in eval mode) through torch.export with a dynamic height and
+    width: multiples of 4 from 8 to ``max_size``."""
     # 68 x 60: multiples of 4 that differ, so the exporter specialises neither side to the other or to a constant
     inputs = _example_inputs(network, 68, 60)
     quarters = {2: STRIDE * torch.export.Dim("height_quarters", min=TransformerNet.MIN_SIZE // STRIDE,
@@ -133,7 +134,7 @@ def exported_program(module: nn.Module, network: TransformerNet, max_size: int) 
                 3: STRIDE * torch.export.Dim("width_quarters", min=TransformerNet.MIN_SIZE // STRIDE,
                                              max=max_size // STRIDE)}
     shapes = (quarters,) if len(inputs) == 1 else (quarters, None)
-    return torch.export.export(module.eval(), inputs, dynamic_shapes=shapes)
+    return torch.export.export(module, inputs, dynamic_shapes=shapes)
 
 
 def export_coreml(network: TransformerNet, out: Path, quantize: str | None = None,
@@ -145,7 +146,7 @@ def export_coreml(network: TransformerNet, out: Path, quantize: str | None = Non
     from torch._decomp import get_decompositions
 
     # pixel values 0-255 in and out, as Core ML's image type gives and takes them
-    program = exported_program(MobileForward(network.eval(), pixel_scale=255.0), network, max_size)
+    program = exported_program(MobileForward(network, pixel_scale=255.0), network, max_size)
     # coremltools 9 has no addcmul (the conditional norm's scale and shift); its decomposition is a mul and an add
     program = program.run_decompositions(get_decompositions([torch.ops.aten.addcmul]))
     sides = [ct.RangeDim(TransformerNet.MIN_SIZE, max_size, default=COREML_DEFAULT_SIDE) for _ in range(2)]
@@ -173,7 +174,7 @@ def export_litert(network: TransformerNet, out: Path, quantize: str | None = Non
     and int8 int8 weights (per output channel), both dequantised to float32 for the computation."""
     import litert_torch
 
-    module = MobileForward(network.eval())
+    module = MobileForward(network)
     converter: Any = litert_torch
     for width, height in parse_sizes(sizes):
         names = ("images", "style_weights")
@@ -211,7 +212,7 @@ def export_executorch(network: TransformerNet, out: Path, quantize: str | None =
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    program = exported_program(MobileForward(network.eval()), network, max_size)
+    program = exported_program(MobileForward(network), network, max_size)
     if quantize == "int8":
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
