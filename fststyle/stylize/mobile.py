@@ -184,11 +184,11 @@ def export_litert(network: TransformerNet, out: Path, quantize: str | None = Non
     with atomic_write(out) as tmp:
         edge_model.export(str(tmp))
         if quantize is not None:
-            tmp.write_bytes(_quantized_litert(tmp, quantize))
+            tmp.write_bytes(litert_weights_quantized(tmp, quantize))
     return out
 
 
-def _quantized_litert(path: Path, quantize: str) -> bytes:
+def litert_weights_quantized(path: Path, quantize: str) -> bytes:
     """The .tflite at ``path`` with float16 (``fp16``) or int8 (``int8``, per output channel, symmetric) weights
     in every layer ai-edge-quantizer supports (the convolutions); activations stay float32."""
     from ai_edge_quantizer import qtyping, quantizer, recipe_manager
