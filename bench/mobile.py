@@ -222,7 +222,7 @@ def main() -> None:
                "PyTorch eager forward": lambda images: network(images, style_weights)}
     print(f"\nper-image latency, best / median of {args.repeats} interleaved rounds; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| size | runtime | best s | median s | vs PyTorch Stylizer |")
+    print("| size | runtime | best s | median s | best / Stylizer best |")
     print("|---|---|---|---|---|")
     for side in LATENCY_SIDES:
         images = torch.rand(1, 3, side, side)
