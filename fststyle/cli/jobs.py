@@ -84,13 +84,15 @@ def compare(cfg: DictConfig) -> int:
 
 
 def export(cfg: DictConfig) -> int:
-    """``fststyle export``: a style model (or a training .ckpt) as ONNX, TorchScript or a .safetensors model."""
+    """``fststyle export``: a style model (or a training .ckpt) as ONNX, TorchScript, Core ML, LiteRT, ExecuTorch or
+    a .safetensors model."""
     from fststyle.stylize.export import export_model
 
     if cfg.model is None:
-        raise UserError("nothing to export: fststyle export starry_night (a shipped name, a .safetensors model "
-                        "or a training .ckpt) [format=onnx|torchscript|safetensors]")
-    log.info("wrote %s", export_model(cfg.model, cfg.format, cfg.output))
+        raise UserError("nothing to export: fststyle export starry_night -o starry_night.onnx (a shipped name, a "
+                        ".safetensors model or a training .ckpt; .pt .mlpackage .tflite .pte choose the other formats)")
+    log.info("wrote %s", export_model(cfg.model, cfg.format, cfg.output, quantize=cfg.quantize,
+                                      sizes=[str(size) for size in cfg.sizes], max_size=cfg.max_size))
     return 0
 
 

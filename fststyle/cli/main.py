@@ -54,7 +54,8 @@ COMMANDS = {
                         "input", single=True, options=("style", "output")),
     "compare": Command("run the fast model and the optimisation engines on the same photos, scored by one loss",
                        "input", options=("model", "style", "output")),
-    "export": Command("write a style model as ONNX or TorchScript (or a training .ckpt as a style model)",
+    "export": Command("write a style model as ONNX, TorchScript, Core ML, LiteRT or ExecuTorch (the output's suffix "
+                      "chooses), or a training .ckpt as a style model",
                       "model", single=True, options=("output",)),
     "serve": Command("a local web page: photos, style blends, the webcam, fast against slow (the serve extra)",
                      options=("models",), flags=("host", "port")),
@@ -77,6 +78,8 @@ EXAMPLES = {
                 "fststyle optimize photo.jpg --style painting.jpg -o out.png engine=mrf engine.steps=50",
     "compare": "fststyle compare photos/ --model starry_night -o compare_out/ engines='[fast,gatys]'",
     "export": "fststyle export starry_night -o starry_night.onnx\n"
+              "fststyle export starry_night -o starry_night.tflite quantize=fp16   # pip install \"fststyle[litert]\"\n"
+              "fststyle export multistyle -o multistyle.pte quantize=int8         # pip install \"fststyle[executorch]\"\n"
               "fststyle export outputs/<date>/<time>/checkpoints/last.ckpt format=safetensors",
     "serve": "fststyle serve                                  # http://127.0.0.1:8000, the shipped models\n"
              "fststyle serve -m my_style.safetensors -m multistyle --port 9000",

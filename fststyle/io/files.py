@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,36 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     if os.name != "nt":  # the rename itself is durable once the folder is flushed (POSIX)
+        _fsync(path.parent, directory=True)
+
+
+@contextlib.contextmanager
+def atomic_write_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a path beside ``path`` for a writer that makes a folder there (a Core ML ``.mlpackage``); on
+    success flush its files to disk and move it onto ``path``, on error delete it.
+
+    A folder already at ``path`` is renamed aside, replaced and then deleted: a reader sees the old folder or
+    the new one, never a half-written one (between the two renames, for an instant, neither)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    tmp = path.with_name(f".{path.name}.{token}.tmp{path.suffix}")
+    try:
+        yield tmp
+        for written in sorted(tmp.rglob("*"), reverse=True):  # files before the folders that hold them
+            _fsync(written, directory=written.is_dir())
+        _fsync(tmp, directory=True)
+        if path.is_dir():
+            previous = path.with_name(f".{path.name}.{token}.old{path.suffix}")
+            os.replace(path, previous)
+            os.replace(tmp, path)
+            shutil.rmtree(previous)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.name != "nt":
         _fsync(path.parent, directory=True)
 
 

@@ -340,8 +340,13 @@ class TransformerNet(nn.Module):
         (or 1,S for the whole batch): one-hot rows choose a style, convex rows blend styles."""
         # export-safe: no data-dependent branch, padding a function of the input size (ONNX, TorchScript)
         height, width = images.shape[-2], images.shape[-1]
-        x = self._pad(images)
-        x = self.encoder(x, style_weights)
+        return self.transform(self._pad(images), style_weights)[..., :height, :width]
+
+    def transform(self, images: torch.Tensor, style_weights: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        """``forward`` without its padding: N,3,H,W in [0,1] with H, W multiples of STRIDE and at least MIN_SIZE
+        -> N,3,H,W in [0,1]. The mobile exports run this, since their converters take no padding whose amount
+        depends on a dynamic size (fststyle.stylize.mobile)."""
+        x = self.encoder(images, style_weights)
         x = self.residuals(x, style_weights)
         x = self.decoder(x, style_weights)
         # Johnson et al. bound the output with a scaled tanh (150*tanh on 0-255 images);
@@ -350,7 +355,7 @@ class TransformerNet(nn.Module):
         if self.training and self.bound_gradient_floor > 0:
             # same value; slope (1 - tanh^2) / 2 + floor, so a pixel pushed deep into the bound still learns
             bounded = bounded + self.bound_gradient_floor * (x - x.detach())
-        return bounded[..., :height, :width]
+        return bounded
 
     def _pad(self, images: torch.Tensor) -> torch.Tensor:
         """Pad bottom/right to a multiple of STRIDE and at least MIN_SIZE: N,3,H,W -> N,3,H',W'."""

@@ -1,5 +1,6 @@
-"""Portable exports of a style model: ONNX (dynamic N, H, W) and TorchScript (any size), plus the
-``.ckpt`` -> ``.safetensors`` conversion, all behind ``export_model`` (``fststyle export MODEL format=...``).
+"""Portable exports of a style model: ONNX (dynamic N, H, W) and TorchScript (any size), the mobile formats
+(Core ML, LiteRT, ExecuTorch: fststyle.stylize.mobile), plus the ``.ckpt`` -> ``.safetensors`` conversion, all
+behind ``export_model`` (``fststyle export MODEL -o OUT.onnx``: the output's suffix, or ``format=``, chooses).
 The exporters take a loaded ``StyleModel`` or a model file's path.
 
 Both export ``TransformerNet`` itself: its forward has no data-dependent branch and its padding is a function
@@ -11,6 +12,7 @@ model and skipped under TorchScript. A network of one style takes one input, ``i
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,13 +23,20 @@ from fststyle.errors import UserError
 from fststyle.io.files import atomic_write, check_writable, refuse_overwriting_inputs
 from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import ModelFileError, StyleModel
+from fststyle.stylize.mobile import (
+    DEFAULT_MAX_SIZE,
+    DEFAULT_SIZES,
+    MOBILE_SUFFIXES,
+    check_mobile_request,
+    export_mobile,
+)
 
 #: ONNX opset for the dynamo exporter (opset 18 has Pad with reflect mode and Resize; onnxruntime >= 1.14 runs it)
 ONNX_OPSET = 18
 #: smallest H, W of the exported ONNX graph: at >= 8 px the multiple-of-4 padding is always a valid reflection
 #: (TransformerNet.MIN_SIZE); smaller images need TransformerNet's replicate fallback, which the graph omits
 ONNX_MIN_SIZE = TransformerNet.MIN_SIZE
-EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", **MOBILE_SUFFIXES}
 #: what torch's dynamo ONNX exporter imports (the ``onnx`` extra also installs onnxruntime, to run the file)
 ONNX_EXPORTER_PACKAGES = ("onnx", "onnxscript")
 
@@ -101,12 +110,32 @@ def export_torchscript(model: StyleModel | str | Path, out: str | Path) -> Path:
     return out
 
 
-def export_model(model_path: str | Path, kind: str, out: str | Path | None = None) -> Path:
-    """``kind`` in onnx | torchscript | safetensors (the last from a training ``.ckpt``) of the model file or
-    shipped model named ``model_path``; ``out`` defaults to the model path with the format's suffix (for a
-    shipped model: its name, in the working directory)."""
+def export_format(out: str | Path | None) -> str:
+    """The format ``out``'s suffix chooses (onnx when there is no output); a UserError for an unknown suffix."""
+    if out is None:
+        return "onnx"
+    suffix = Path(out).suffix.lower()
+    for kind, known in EXPORT_SUFFIXES.items():
+        if known == suffix:
+            return kind
+    raise UserError(f"output={out}: {suffix or 'no suffix'} names no export format; end it in one of "
+                    f"{', '.join(EXPORT_SUFFIXES.values())}, or set format= ({'|'.join(EXPORT_SUFFIXES)})")
+
+
+def export_model(model_path: str | Path, kind: str | None = None, out: str | Path | None = None,
+                 quantize: str | None = None, sizes: Sequence[str] = DEFAULT_SIZES,
+                 max_size: int = DEFAULT_MAX_SIZE) -> Path:
+    """``kind`` in onnx | torchscript | safetensors (the last from a training ``.ckpt``) | coreml | litert |
+    executorch, or None for the one ``out``'s suffix names, of the model file or shipped model named
+    ``model_path``; ``out`` defaults to the model path with the format's suffix (for a shipped model: its name,
+    in the working directory). ``quantize`` (fp16 | int8), ``sizes`` and ``max_size``: the mobile formats'
+    (fststyle.stylize.mobile)."""
+    kind = export_format(out) if kind is None else kind
     if kind not in EXPORT_SUFFIXES:
         raise UserError(f"format={kind!r} is not a format; use one of {sorted(EXPORT_SUFFIXES)}")
+    if quantize is not None and kind not in MOBILE_SUFFIXES:
+        raise UserError(f"quantize={quantize} applies to the mobile formats ({', '.join(MOBILE_SUFFIXES.values())}), "
+                        f"not to {kind}")
     model_path = find_model(model_path)
     if not model_path.is_file():
         raise ModelFileError(f"style model not found: {model_path}; pass a shipped model's name (fststyle models) "
@@ -119,14 +148,18 @@ def export_model(model_path: str | Path, kind: str, out: str | Path | None = Non
     if out.suffix != suffix:
         raise UserError(f"format={kind} writes a {suffix} file, but output={out} ends in {out.suffix!r}; "
                         f"e.g. output={out.with_suffix(suffix)}")
-    check_writable(out)
+    check_writable(out, folder=kind == "coreml")  # an .mlpackage is a folder
     if kind == "safetensors" and model_path.suffix != ".ckpt":
         raise UserError(f"format=safetensors converts a training .ckpt; {model_path} is already a style model")
     if kind == "onnx":
         _require_onnx_exporter()
+    if kind in MOBILE_SUFFIXES:
+        check_mobile_request(kind, quantize, sizes, max_size)
     model = StyleModel.load(model_path)
     if kind == "onnx":
         return export_onnx(model, out)
     if kind == "torchscript":
         return export_torchscript(model, out)
+    if kind in MOBILE_SUFFIXES:
+        return export_mobile(model, kind, out, quantize, sizes, max_size)
     return model.save(out)
