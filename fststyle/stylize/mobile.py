@@ -68,12 +68,6 @@ class MobileForward(nn.Module):
         return self.network.transform(images / self.pixel_scale, style_weights) * self.pixel_scale
 
 
-def mobile_format(path: str | Path) -> str | None:
-    """The mobile format that ``path``'s suffix chooses, or None."""
-    suffix = Path(path).suffix.lower()
-    return next((kind for kind, known in MOBILE_SUFFIXES.items() if known == suffix), None)
-
-
 def parse_sizes(sizes: Sequence[str]) -> list[tuple[int, int]]:
     """``["1280x720", ...]`` (WIDTHxHEIGHT) -> [(1280, 720), ...]; a UserError names a malformed or unusable size."""
     parsed = []
