@@ -12,10 +12,13 @@ torch's loop decides on the host: it reads ``float(loss)``, its curvature test `
 and passes 0-dim tensors as ``alpha``, each a sync. Here the (s, y) history is a preallocated ring of
 ``history_size`` rows, and the Armijo test, the curvature test and the stop tests are ``torch.where`` on the
 device; a stopped optimiser leaves its point unchanged. So one iteration (zero grad, loss, backward, ``step``) is
-a fixed sequence of kernels, which the engine captures in a CUDA graph.
+a fixed sequence of kernels, which the engine captures in a CUDA graph. Outside a graph, ``step`` reads the ring's
+position once per call (a sync that costs nothing on the CPU) so that its rows are views, not gathered copies.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -59,7 +62,8 @@ class DeviceLBFGS:
         """Judge the trial at ``x`` by its ``loss`` (0-dim) and ``x.grad``, then move ``x`` to the next trial.
 
         ``full_history`` walks all ``history_size`` slots (empty ones are exact no-ops) instead of the
-        ``min(iterations, history_size)`` that can be filled, so every call runs the same kernels (a CUDA graph)."""
+        ``min(iterations, history_size)`` that can be filled, and finds them on the device, so every call runs the
+        same kernels and never syncs (a CUDA graph); without it the ring position is read once per call."""
         point, gradient = self.x.detach().reshape(-1), self.x.grad.reshape(-1).float()
         loss = loss.detach().float()
         if self.iterations == 0:
@@ -72,7 +76,7 @@ class DeviceLBFGS:
                 loss <= self.accepted_loss + SUFFICIENT_DECREASE * self.step_length * slope)
             self._remember(point, gradient, accepted)
             new_direction = self._two_loop(gradient, self.history_size if full_history else
-                                           min(self.iterations, self.history_size))
+                                           min(self.iterations, self.history_size), full_history)
             direction = torch.where(accepted, new_direction, self.direction)
             step_length = torch.where(accepted, self.lr, self._shortened_step(loss, slope))
         self.accepted.copy_(accepted)
@@ -116,19 +120,29 @@ class DeviceLBFGS:
         self.hessian_scale.copy_(torch.where(keep, curvature / change.dot(change), self.hessian_scale))
         self.pairs_kept.add_(keep.long())
 
-    def _two_loop(self, gradient: torch.Tensor, pairs: int) -> torch.Tensor:
-        """-H g by the two-loop recursion over the newest ``pairs`` slots of the ring (newest first)."""
-        newest_first = (self.pairs_kept - 1 - self.ring_offsets[:pairs]) % self.history_size
-        rows = [newest_first[i:i + 1] for i in range(pairs)]
+    def _two_loop(self, gradient: torch.Tensor, pairs: int, full_history: bool) -> torch.Tensor:
+        """-H g by the two-loop recursion over the newest ``pairs`` slots of the ring (newest first).
+
+        ``full_history`` (a CUDA graph): the slots are device indices and each row is gathered; otherwise the
+        ring position is read once (free on the CPU) and the rows are views, which halves the memory traffic."""
+        if full_history:
+            newest_first = (self.pairs_kept - 1 - self.ring_offsets[:pairs]) % self.history_size
+            slots: list[Any] = [newest_first[i:i + 1] for i in range(pairs)]
+        else:
+            newest = int(self.pairs_kept)
+            slots = [(newest - 1 - i) % self.history_size for i in range(pairs)]
+
+        def row(ring: torch.Tensor, slot: Any) -> torch.Tensor:
+            return ring[slot] if isinstance(slot, int) else ring.index_select(0, slot).view(ring.shape[1:])
+
         alphas = []
         q = gradient.neg()
-        for row in rows:
-            alpha = self.inverse_curvatures.index_select(0, row) * self.steps.index_select(0, row).view(-1).dot(q)
-            q.addcmul_(self.gradient_changes.index_select(0, row).view(-1), alpha, value=-1.0)
+        for slot in slots:
+            alpha = row(self.inverse_curvatures, slot) * row(self.steps, slot).dot(q)
+            q.addcmul_(row(self.gradient_changes, slot), alpha, value=-1.0)
             alphas.append(alpha)
         r = q.mul_(self.hessian_scale)
-        for row, alpha in zip(reversed(rows), reversed(alphas), strict=True):
-            change = self.gradient_changes.index_select(0, row).view(-1)
-            beta = self.inverse_curvatures.index_select(0, row) * change.dot(r)
-            r.addcmul_(self.steps.index_select(0, row).view(-1), alpha - beta)
+        for slot, alpha in zip(reversed(slots), reversed(alphas), strict=True):
+            beta = row(self.inverse_curvatures, slot) * row(self.gradient_changes, slot).dot(r)
+            r.addcmul_(row(self.steps, slot), alpha - beta)
         return r
