@@ -7,6 +7,9 @@ the fix.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
+
 
 class UserError(ValueError):
     """A problem with what the user handed us (path, file, model, setting); the message says how to fix it."""
@@ -23,6 +26,21 @@ def check_integer_setting(setting: str, value: object, low: int, high: int, mean
         raise UserError(f"{setting}={value!r} must be an integer from {low} to {high} ({meaning}); "
                         f"e.g. {setting}={default}, the default")
     return value
+
+
+def require_extra(feature: str, modules: Sequence[str], extra: str) -> None:
+    """A UserError naming ``pip install "fststyle[extra]"`` when any of ``modules`` cannot be imported:
+    "``feature`` needs onnx and onnxscript, which are not installed: ..."."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise UserError(f"{feature} needs {' and '.join(missing)}, which {verb} not installed: "
+                        f'pip install "fststyle[{extra}]"')
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -11,7 +11,6 @@ model and skipped under TorchScript. A network of one style takes one input, ``i
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from fststyle.bundled import bundled_path, find_model
-from fststyle.errors import UserError
+from fststyle.errors import UserError, require_extra
 from fststyle.io.files import atomic_write, check_writable, refuse_overwriting_inputs
 from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import ModelFileError, StyleModel
@@ -88,15 +87,7 @@ def _network(model: StyleModel | str | Path) -> TransformerNet:
 
 def _require_onnx_exporter() -> None:
     """Raise a UserError naming the install command when the ONNX exporter's packages cannot be imported."""
-    missing = []
-    for name in ONNX_EXPORTER_PACKAGES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise UserError(f"format=onnx needs {' and '.join(missing)}, which are not installed: "
-                        'pip install "fststyle[onnx]"')
+    require_extra("format=onnx", ONNX_EXPORTER_PACKAGES, "onnx")
 
 
 def export_torchscript(model: StyleModel | str | Path, out: str | Path) -> Path:

@@ -15,7 +15,6 @@ size. A network of S styles also takes ``style_weights`` 1,S (one-hot: a style; 
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from fststyle.errors import UserError
+from fststyle.errors import UserError, require_extra
 from fststyle.io.files import atomic_write, atomic_write_folder
 from fststyle.nets.transformer import TransformerNet
 from fststyle.style_model import StyleModel
@@ -100,15 +99,7 @@ def check_mobile_request(kind: str, quantize: str | None, sizes: Sequence[str], 
 def require_converter(kind: str) -> None:
     """Raise a UserError naming the install command when ``kind``'s converter cannot be imported."""
     extra, modules = CONVERTERS[kind]
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise UserError(f"a {MOBILE_SUFFIXES[kind]} export needs {' and '.join(missing)}, which "
-                        f'{"is" if len(missing) == 1 else "are"} not installed: pip install "fststyle[{extra}]"')
+    require_extra(f"a {MOBILE_SUFFIXES[kind]} export", modules, extra)
 
 
 def _example_inputs(network: TransformerNet, height: int, width: int) -> tuple[torch.Tensor, ...]:
