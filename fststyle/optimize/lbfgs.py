@@ -61,9 +61,9 @@ class DeviceLBFGS:
     def step(self, loss: torch.Tensor, full_history: bool = False) -> None:
         """Judge the trial at ``x`` by its ``loss`` (0-dim) and ``x.grad``, then move ``x`` to the next trial.
 
-        ``full_history`` walks all ``history_size`` slots (empty ones are exact no-ops) instead of the
-        ``min(iterations, history_size)`` that can be filled, and finds them on the device, so every call runs the
-        same kernels and never syncs (a CUDA graph); without it the ring position is read once per call."""
+        ``full_history`` walks all ``history_size`` slots (empty ones are exact no-ops) and finds them on the
+        device, so every call runs the same kernels and never syncs (a CUDA graph); without it the ring position
+        is read once per call and only the kept pairs are walked."""
         point, gradient = self.x.detach().reshape(-1), self.x.grad.reshape(-1).float()
         loss = loss.detach().float()
         if self.iterations == 0:
@@ -75,8 +75,7 @@ class DeviceLBFGS:
             accepted = self.running & torch.isfinite(loss) & (
                 loss <= self.accepted_loss + SUFFICIENT_DECREASE * self.step_length * slope)
             self._remember(point, gradient, accepted)
-            new_direction = self._two_loop(gradient, self.history_size if full_history else
-                                           min(self.iterations, self.history_size), full_history)
+            new_direction = self._two_loop(gradient, full_history)
             direction = torch.where(accepted, new_direction, self.direction)
             step_length = torch.where(accepted, self.lr, self._shortened_step(loss, slope))
         self.accepted.copy_(accepted)
@@ -120,17 +119,18 @@ class DeviceLBFGS:
         self.hessian_scale.copy_(torch.where(keep, curvature / change.dot(change), self.hessian_scale))
         self.pairs_kept.add_(keep.long())
 
-    def _two_loop(self, gradient: torch.Tensor, pairs: int, full_history: bool) -> torch.Tensor:
-        """-H g by the two-loop recursion over the newest ``pairs`` slots of the ring (newest first).
+    def _two_loop(self, gradient: torch.Tensor, full_history: bool) -> torch.Tensor:
+        """-H g by the two-loop recursion over the ring's pairs, newest first.
 
-        ``full_history`` (a CUDA graph): the slots are device indices and each row is gathered; otherwise the
-        ring position is read once (free on the CPU) and the rows are views, which halves the memory traffic."""
+        ``full_history`` (a CUDA graph): every slot, as device indices, each row gathered (empty slots are exact
+        no-ops); otherwise the ring position is read once (free on the CPU), only the kept pairs are walked, and
+        the rows are views, which halves the memory traffic."""
         if full_history:
-            newest_first = (self.pairs_kept - 1 - self.ring_offsets[:pairs]) % self.history_size
-            slots: list[Any] = [newest_first[i:i + 1] for i in range(pairs)]
+            newest_first = (self.pairs_kept - 1 - self.ring_offsets) % self.history_size
+            slots: list[Any] = [newest_first[i:i + 1] for i in range(self.history_size)]
         else:
-            newest = int(self.pairs_kept)
-            slots = [(newest - 1 - i) % self.history_size for i in range(pairs)]
+            kept = int(self.pairs_kept)
+            slots = [(kept - 1 - i) % self.history_size for i in range(min(kept, self.history_size))]
 
         def row(ring: torch.Tensor, slot: Any) -> torch.Tensor:
             return ring[slot] if isinstance(slot, int) else ring.index_select(0, slot).view(ring.shape[1:])
